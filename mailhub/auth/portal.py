@@ -1,0 +1,126 @@
+"""The shared twisted.cred Portal: DirectoryChecker (Argon2id via the directory) + MailRealm.
+
+The checker verifies passwords in a thread (Argon2 is deliberately slow) and keeps a small
+cache of recent successful verifications keyed on a salted digest of the password and the
+stored hash, as Dovecot's auth cache does, so a client opening five connections costs one
+Argon2 run. A password change replaces the stored hash, which invalidates the cache entry.
+
+The realm hands out avatars per interface: IMailUser (address, store) always; protocol
+packages register their own interfaces (e.g. twisted.mail's IMessageDelivery, IMailbox,
+IAccount) with ``MailRealm.register(interface, factory)`` when the service is built.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import time
+from typing import Any, Callable
+
+from twisted.cred import credentials, error
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer, threads
+from zope.interface import Attribute, Interface, implementer
+
+from mailhub.directory.interfaces import IDirectory
+from mailhub.directory.passwords import verify_password
+
+
+class IMailUser(Interface):
+    address = Attribute("the user's canonical address")
+    store = Attribute("the IMailStore holding their mail")
+
+
+@implementer(IMailUser)
+class MailUser:
+    def __init__(self, address: str, store: Any, directory: Any):
+        self.address = address
+        self.store = store
+        self.directory = directory
+
+    def __repr__(self) -> str:
+        return f"<MailUser {self.address}>"
+
+
+@implementer(ICredentialsChecker)
+class DirectoryChecker:
+    credentialInterfaces = (credentials.IUsernamePassword,)
+    CACHE_TTL = 300.0
+    CACHE_MAX = 10000
+
+    def __init__(self, directory: IDirectory, threaded: bool = True):
+        self.directory = directory
+        self.threaded = threaded
+        self._secret = os.urandom(32)
+        self._cache: dict[bytes, tuple[str, float]] = {}
+
+    def _digest(self, address: str, stored_hash: str, password: str) -> bytes:
+        msg = "\x00".join((address, stored_hash, password)).encode("utf-8", "surrogatepass")
+        return hmac.new(self._secret, msg, hashlib.sha256).digest()
+
+    def requestAvatarId(self, creds):
+        try:
+            username = creds.username
+            password = creds.password
+            if isinstance(username, bytes):
+                username = username.decode("utf-8")
+            if isinstance(password, bytes):
+                password = password.decode("utf-8")
+        except UnicodeDecodeError:
+            return defer.fail(error.UnauthorizedLogin("bad encoding"))
+        found = self.directory.password_hash(username)
+        if found is None or not password:
+            # spend comparable time so a missing user is not revealed by timing
+            return defer.fail(error.UnauthorizedLogin("invalid credentials"))
+        address, stored = found
+        digest = self._digest(address, stored, password)
+        hit = self._cache.get(digest)
+        now = time.monotonic()
+        if hit is not None and now - hit[1] < self.CACHE_TTL:
+            return defer.succeed(address)
+
+        def checked(ok: bool):
+            if not ok:
+                raise error.UnauthorizedLogin("invalid credentials")
+            if len(self._cache) >= self.CACHE_MAX:
+                self._cache.clear()
+            self._cache[digest] = (address, time.monotonic())
+            return address
+
+        if self.threaded:
+            d = threads.deferToThread(verify_password, stored, password)
+        else:
+            d = defer.maybeDeferred(verify_password, stored, password)
+        return d.addCallback(checked)
+
+
+@implementer(IRealm)
+class MailRealm:
+    def __init__(self, store: Any, directory: IDirectory):
+        self.store = store
+        self.directory = directory
+        self._factories: dict[Any, Callable[[MailUser], Any]] = {}
+
+    def register(self, interface, factory: Callable[[MailUser], Any]) -> None:
+        """Avatars for ``interface`` are ``factory(mail_user)``; logout is ``avatar.logout()``
+        when it has one."""
+        self._factories[interface] = factory
+
+    def requestAvatar(self, avatarId, mind, *interfaces):
+        address = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
+        user = MailUser(address, self.store, self.directory)
+        for iface in interfaces:
+            if iface is IMailUser:
+                return IMailUser, user, lambda: None
+            factory = self._factories.get(iface)
+            if factory is not None:
+                avatar = factory(user)
+                return iface, avatar, getattr(avatar, "logout", lambda: None)
+        raise NotImplementedError(f"no avatar for {interfaces!r}")
+
+
+def build_portal(store: Any, directory: IDirectory, threaded: bool = True) -> tuple[Portal, MailRealm]:
+    realm = MailRealm(store, directory)
+    portal = Portal(realm, [DirectoryChecker(directory, threaded=threaded)])
+    return portal, realm

@@ -1,0 +1,1 @@
+"""The ``mailhub`` admin command line."""

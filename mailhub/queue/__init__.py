@@ -1,0 +1,1 @@
+"""The outbound queue: durable envelopes + message files, delivery to remote MX, bounces."""

@@ -1,0 +1,208 @@
+"""Service composition: one MultiService holding every listener and background service.
+
+``build_service(cfg)`` makes the shared pieces once (directory, store, events, portal, TLS
+options, MDA, outbound queue) in a ServerContext, then asks each protocol package for a
+factory per listener (PROTOCOLS maps a listener name to ``module:function``; the function
+takes ``(ctx, listener_name)`` and returns a protocol factory). Implicit-TLS listeners
+(submissions, pop3s, imaps) get the factory wrapped in TLS here. Listening happens in
+``privilegedStartService`` so twistd can bind ports below 1024 as root before ``--uid``.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import endpoints, reactor as default_reactor
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from mailhub.auth import AuthThrottle, build_portal
+from mailhub.config import LISTENER_NAMES, Config
+from mailhub.directory import open_directory
+from mailhub.mda import DeliveryAgent
+from mailhub.store import MailboxEvents, MailStore
+from mailhub.tls import certificate_paths, server_context
+
+log = Logger(namespace="mailhub")
+
+IMPLICIT_TLS = {"submissions", "pop3s", "imaps"}
+
+# listener name -> "module:function(ctx, name) -> IProtocolFactory"
+PROTOCOLS: dict[str, str] = {}
+
+# background services: "module:function(ctx) -> IService or None", started with the server
+BACKGROUND: list[str] = []
+
+
+class StartupError(SystemExit):
+    """Raised (and shown as one line by twistd) when the server cannot start."""
+
+    def __init__(self, message: str):
+        super().__init__(f"mailhub: {message}")
+        self.message = message
+
+
+@dataclass
+class ServerContext:
+    """Everything the protocol packages share; built once per server."""
+
+    cfg: Config
+    reactor: Any
+    directory: Any
+    store: MailStore
+    events: MailboxEvents
+    portal: Any
+    realm: Any
+    mda: DeliveryAgent
+    tls_options: Any
+    throttle: AuthThrottle
+    queue: Any = None  # IOutboundQueue once the outbound service is built
+    extras: dict = field(default_factory=dict)
+
+
+def build_context(cfg: Config, reactor=None) -> ServerContext:
+    reactor = reactor or default_reactor
+    data = cfg.data_dir
+    (data / "mail").mkdir(parents=True, exist_ok=True)
+    directory = open_directory(data)
+    events = MailboxEvents()
+    store = MailStore(data / "mail", events=events)
+    portal, realm = build_portal(store, directory)
+    cert, key, generated = certificate_paths(cfg)
+    if generated:
+        log.info("generated a self-signed TLS certificate at {cert} (set [tls] certificate and "
+                 "private_key for a real one)", cert=str(cert))
+    tls_options = server_context(cert, key)
+    ctx = ServerContext(
+        cfg=cfg, reactor=reactor, directory=directory, store=store, events=events,
+        portal=portal, realm=realm, mda=DeliveryAgent(store, directory),
+        tls_options=tls_options, throttle=AuthThrottle(base_delay=cfg["smtp"]["auth_failure_delay"]),
+    )
+    return ctx
+
+
+def _load(ref: str):
+    module, _, func = ref.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+class ListenerService(service.Service):
+    """Listens on one endpoint string for one named listener; clear error when it cannot."""
+
+    def __init__(self, reactor, listener: str, description: str, factory):
+        self.reactor = reactor
+        self.listener = listener
+        self.description = description
+        self.factory = factory
+        self.port = None
+        self.setName(f"{listener}:{description}")
+
+    def privilegedStartService(self):
+        service.Service.privilegedStartService(self)
+        self._listen()
+
+    def startService(self):
+        service.Service.startService(self)
+        if self.port is None:
+            self._listen()
+
+    def _listen(self):
+        try:
+            ep = endpoints.serverFromString(self.reactor, self.description)
+        except (ValueError, TypeError, KeyError) as e:
+            raise StartupError(f"listen.{self.listener}: invalid endpoint {self.description!r}: {e}")
+        result = []
+        d = ep.listen(self.factory)
+        d.addBoth(result.append)
+        if not result:
+            raise StartupError(f"listen.{self.listener}: {self.description!r} did not bind at once")
+        outcome = result[0]
+        if hasattr(outcome, "check"):  # a Failure
+            err = outcome.value
+            if isinstance(err, CannotListenError):
+                reason = getattr(err.socketError, "strerror", None) or str(err.socketError)
+                raise StartupError(
+                    f"cannot start listener {self.listener} on {self.description}: port "
+                    f"{err.port} ({err.interface or 'all interfaces'}): {reason}"
+                )
+            raise StartupError(f"cannot start listener {self.listener} on {self.description}: {err}")
+        self.port = outcome
+        addr = self.port.getHost()
+        log.info("listening: {listener} on {host}:{port}{tls}", listener=self.listener,
+                 host=getattr(addr, "host", "?"), port=getattr(addr, "port", "?"),
+                 tls=" (implicit TLS)" if self.listener in IMPLICIT_TLS else "")
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+
+
+class MailhubService(service.MultiService):
+    def __init__(self, ctx: ServerContext):
+        super().__init__()
+        self.ctx = ctx
+
+    def startService(self):
+        super().startService()
+        # after reactor start-up, when twistd's signal handlers are installed
+        self.ctx.reactor.callWhenRunning(self._write_listeners)
+        if not self.ctx.directory.list_users():
+            log.info(
+                "mailhub is running with no users yet. Next: `mailhub domain add example.com` "
+                "and `mailhub user add you@example.com` (with --config {source} if you use one)",
+                source=self.ctx.cfg.source,
+            )
+
+    def _write_listeners(self) -> None:
+        """Record the bound ports in <data_dir>/run/listeners.json (tests and tools use
+        ephemeral ports, "tcp:0", and read the real ones here)."""
+        run = self.ctx.cfg.data_dir / "run"
+        run.mkdir(parents=True, exist_ok=True)
+        tmp = run / "listeners.json.tmp"
+        tmp.write_text(json.dumps({"pid": os.getpid(), "listeners": self.listener_ports()}))
+        os.replace(tmp, run / "listeners.json")
+
+    def stopService(self):
+        try:
+            (self.ctx.cfg.data_dir / "run" / "listeners.json").unlink()
+        except OSError:
+            pass
+        return super().stopService()
+
+    def listener_ports(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for svc in self:
+            if isinstance(svc, ListenerService) and svc.port is not None:
+                out.setdefault(svc.listener, []).append(svc.port.getHost().port)
+        return out
+
+
+def build_service(cfg: Config, reactor=None) -> MailhubService:
+    ctx = build_context(cfg, reactor)
+    top = MailhubService(ctx)
+    for ref in BACKGROUND:
+        svc = _load(ref)(ctx)
+        if svc is not None:
+            svc.setServiceParent(top)
+    for name in LISTENER_NAMES:
+        descs = cfg.listeners()[name]
+        if not descs:
+            continue
+        ref = PROTOCOLS.get(name)
+        if ref is None:
+            log.warn("listener {name} is configured but its protocol is not available in this "
+                     "build; not listening on {descs}", name=name, descs=descs)
+            continue
+        for desc in descs:
+            factory = _load(ref)(ctx, name)
+            if name in IMPLICIT_TLS:
+                factory = TLSMemoryBIOFactory(ctx.tls_options, False, factory)
+            ListenerService(ctx.reactor, name, desc, factory).setServiceParent(top)
+    return top
