@@ -33,10 +33,21 @@ log = Logger(namespace="mailhub")
 IMPLICIT_TLS = {"submissions", "pop3s", "imaps"}
 
 # listener name -> "module:function(ctx, name) -> IProtocolFactory"
-PROTOCOLS: dict[str, str] = {}
+PROTOCOLS: dict[str, str] = {
+    "mx": "mailhub.smtpserver.factory:build_factory",
+    "submission": "mailhub.smtpserver.factory:build_factory",
+    "submissions": "mailhub.smtpserver.factory:build_factory",
+    "pop3": "mailhub.pop3server.factory:build_factory",
+    "pop3s": "mailhub.pop3server.factory:build_factory",
+    "imap": "mailhub.imapserver.factory:build_factory",
+    "imaps": "mailhub.imapserver.factory:build_factory",
+}
 
-# background services: "module:function(ctx) -> IService or None", started with the server
-BACKGROUND: list[str] = []
+# background services: "module:function(ctx) -> IService or None", built before the
+# listeners (the outbound queue sets ctx.queue here, so submission can hand mail to it)
+BACKGROUND: list[str] = [
+    "mailhub.queue.service:build_queue_service",
+]
 
 
 class StartupError(SystemExit):
@@ -87,8 +98,15 @@ def build_context(cfg: Config, reactor=None) -> ServerContext:
 
 
 def _load(ref: str):
+    """The function named by "module:function"; None if that module is not in this build."""
     module, _, func = ref.partition(":")
-    return getattr(importlib.import_module(module), func)
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (module == e.name or module.startswith(e.name + ".")):
+            return None
+        raise
+    return getattr(mod, func)
 
 
 class ListenerService(service.Service):
@@ -188,20 +206,21 @@ def build_service(cfg: Config, reactor=None) -> MailhubService:
     ctx = build_context(cfg, reactor)
     top = MailhubService(ctx)
     for ref in BACKGROUND:
-        svc = _load(ref)(ctx)
+        builder = _load(ref)
+        svc = builder(ctx) if builder is not None else None
         if svc is not None:
             svc.setServiceParent(top)
     for name in LISTENER_NAMES:
         descs = cfg.listeners()[name]
         if not descs:
             continue
-        ref = PROTOCOLS.get(name)
-        if ref is None:
+        builder = _load(PROTOCOLS[name])
+        if builder is None:
             log.warn("listener {name} is configured but its protocol is not available in this "
                      "build; not listening on {descs}", name=name, descs=descs)
             continue
         for desc in descs:
-            factory = _load(ref)(ctx, name)
+            factory = builder(ctx, name)
             if name in IMPLICIT_TLS:
                 factory = TLSMemoryBIOFactory(ctx.tls_options, False, factory)
             ListenerService(ctx.reactor, name, desc, factory).setServiceParent(top)
