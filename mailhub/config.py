@@ -97,6 +97,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "pop3": {
         "idle_timeout": ("duration", 600),
         "auth_failure_delay": ("float", 1.0),
+        "plaintext_auth_loopback": ("bool", True),  # USER/PASS, AUTH PLAIN without TLS
+        "mark_seen": ("bool", True),  # RETR'd messages kept on the server get \Seen at QUIT
     },
     "imap": {
         "idle_timeout": ("duration", 1800),
@@ -302,3 +304,9 @@ def check_filesystem(cfg: Config) -> None:
         raise ConfigError(f"server.data_dir: not a directory: {data}")
     if not os.access(data, os.W_OK | os.X_OK):
         raise ConfigError(f"server.data_dir: not writable: {data}")
+    probe = data / f".write-test-{os.getpid()}"
+    try:  # os.access says yes to root even on a read-only or immutable directory
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"server.data_dir: not writable: {data} ({e.strerror})") from None

@@ -38,6 +38,7 @@ class MailhubEnv:
 
     def __init__(self, root: Path, extra_toml: str = "", hostname: str = "mail.test.example"):
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
         self.config_path = root / "mailhub.toml"
         self.hostname = hostname
