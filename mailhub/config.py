@@ -60,7 +60,6 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "server": {
         "hostname": ("str", None),  # None: socket.getfqdn()
         "data_dir": ("path", "./mailhub-data"),
-        "log_level": ("str", "info"),
     },
     "listen": {
         name: ("strlist", [f"tcp:{port}:interface=127.0.0.1"])
@@ -267,10 +266,6 @@ def load(path: str | os.PathLike | None = None, *, check_paths: bool = True) -> 
     out = sections["outbound"]
     if out["smarthost_password_file"]:
         out["smarthost_password_file"] = str((base_dir / out["smarthost_password_file"]).resolve())
-    level = server["log_level"].lower()
-    if level not in ("debug", "info", "warn", "error"):
-        raise ConfigError(f"server.log_level: expected debug, info, warn or error, got {level!r}")
-    server["log_level"] = level
     for name in LISTENER_NAMES:
         for desc in sections["listen"][name]:
             if not desc.strip():

@@ -49,6 +49,7 @@ def test_example_production_config_is_valid():
     ('[outbound]\nrequire_tls = "yes"\n', "outbound.require_tls"),
     ('[queue]\nmax_age = "forever"\n', "queue.max_age"),
     ('[server]\nlog_level = "loud"\n', "server.log_level"),
+    ('[server]\nhostname = 5\n', "server.hostname"),
     ('[tls]\ncertificate = "/nonexistent/cert.pem"\n', "tls.certificate and tls.private_key"),
     ('[server\n', "not valid TOML"),
 ])
