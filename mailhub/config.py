@@ -76,6 +76,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "idle_timeout": ("duration", 300),
         "max_connections_per_ip": ("int", 50),
         "auth_failure_delay": ("float", 1.0),
+        # plaintext AUTH on submission from 127.0.0.0/8 and ::1 (as Postfix/Dovecot allow)
+        "loopback_plaintext_auth": ("bool", True),
     },
     "queue": {
         "max_age": ("duration", 5 * 86400),
@@ -103,6 +105,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "idle_timeout": ("duration", 1800),
         "append_limit": ("int", 50 * MiB),
         "auth_failure_delay": ("float", 1.0),
+        "idle_max": ("duration", 1740),  # one IDLE may last 29 min (RFC 2177), then BYE
+        "plaintext_auth_loopback": ("bool", True),  # LOGIN/AUTHENTICATE without TLS from 127/8, ::1
     },
 }
 
