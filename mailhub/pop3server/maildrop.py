@@ -87,13 +87,22 @@ class Maildrop:
                 total += size
         return n, total
 
-    def open(self, index: int):
-        """Binary file of message ``index`` (0-based), or None if it no longer exists."""
+    def open_fd(self, index: int) -> int | None:
+        """A read-only file descriptor of message ``index`` (0-based), or None if the message
+        no longer exists. A message renamed meanwhile (an IMAP flag change moves it within
+        new/ and cur/) is found again by its key."""
         info = self.infos[index]
         try:
-            return open(os.path.join(self.base, info.subdir, info.filename), "rb")
+            return os.open(f"{self.base}/{info.subdir}/{info.filename}", os.O_RDONLY)
         except FileNotFoundError:
-            return self.folder.open(info)  # renamed by a flag change? find it by key
+            found = self.folder.find(info.key)
+            if found is None:
+                return None
+            info.subdir, info.filename, info.flags = found.subdir, found.filename, found.flags
+            try:
+                return os.open(f"{self.base}/{info.subdir}/{info.filename}", os.O_RDONLY)
+            except FileNotFoundError:
+                return None
 
     def commit(self, mark_seen: bool = True) -> tuple[int, int, list[str]]:
         """UPDATE state: remove the messages marked deleted, flag retrieved ones \\Seen.

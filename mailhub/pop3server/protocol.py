@@ -8,6 +8,7 @@ being delayed or a large message is streaming, later (pipelined) lines wait in t
 """
 from __future__ import annotations
 
+import io
 import ipaddress
 import os
 import socket
@@ -15,6 +16,7 @@ from functools import partial
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
+from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -74,6 +76,7 @@ class POP3Server(Protocol, TimeoutMixin):
     def __init__(self, factory):
         self.factory = factory
         self.ctx = factory.ctx
+        self.callLater = factory.reactor.callLater  # TimeoutMixin's clock
         self.secure = factory.implicit_tls
         self.state = AUTHORIZATION
         self.lines = LineSplitter(255)
@@ -87,11 +90,15 @@ class POP3Server(Protocol, TimeoutMixin):
         self._delayed = None
         self._sender: MessageSender | None = None
         self._read_paused = False
+        self._direct = False
         self.peer = "?"
 
     # -- connection --------------------------------------------------------------------------
     def connectionMade(self):
         set_nodelay(self.transport)
+        # plain TCP: replies are flushed at the end of _drain instead of on the next reactor
+        # round (one epoll wait fewer per command; see _flush)
+        self._direct = isinstance(self.transport, tcp.Server) and not self.secure
         self.peer = getattr(self.transport.getPeer(), "host", "?")
         self.setTimeout(self.factory.idle_timeout or None)
         log.info("pop3 connect from {peer} on {listener}", peer=self.peer,
@@ -165,6 +172,8 @@ class POP3Server(Protocol, TimeoutMixin):
                 self.transport.write(b"-ERR Command not valid in this state\r\n")
                 continue
             method(self, args, line)
+        if self._direct:
+            self._flush()
         if self.closing:
             return
         if self.busy and len(lines) > MAX_PENDING_INPUT and not self._read_paused:
@@ -173,6 +182,16 @@ class POP3Server(Protocol, TimeoutMixin):
         elif self._read_paused and not self.busy:
             self._read_paused = False
             self.transport.resumeProducing()
+
+    def _flush(self) -> None:
+        """Send what the replies just wrote now, from this reactor callback, rather than
+        when the reactor next polls for writability: a request/response client (poplib,
+        fetchmail) waits on every reply, so that extra round costs throughput. Only on a
+        plain TCP transport with no producer and no close in progress."""
+        t = self.transport
+        if t.producer is None and not t.disconnecting and t.connected and \
+                getattr(t, "_tempDataLen", 0):
+            t.doWrite()
 
     def _resume(self) -> None:
         """The command in progress is finished: read the next one."""
@@ -222,6 +241,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self.user = None
         self.transport.startTLS(self.factory.tls_options)
         self.secure = True
+        self._direct = False
         log.info("pop3 STLS {peer}", peer=self.peer)
 
     def do_USER(self, args, line):
@@ -447,30 +467,31 @@ class POP3Server(Protocol, TimeoutMixin):
     def _send_message(self, i: int, top: int | None) -> None:
         drop = self.drop
         try:
-            f = drop.open(i)
-        except OSError as e:
-            log.error("pop3 cannot open message {key} of {address}: {err}",
-                      key=drop.infos[i].key, address=self.address, err=str(e))
-            self.transport.write(b"-ERR [SYS/TEMP] Cannot read message %d\r\n" % (i + 1))
-            return
-        if f is None:
-            self.transport.write(b"-ERR Message %d no longer exists (removed by another "
-                                 b"session)\r\n" % (i + 1))
-            return
-        try:
-            size = os.fstat(f.fileno()).st_size
-            if size <= SMALL_MESSAGE:
-                if top is None:
-                    data = f.read()
-                    drop.retrieved[i] = 1
-                    self.transport.write(b"+OK %d octets\r\n" % len(data) + stuff_message(data))
-                else:
-                    data = b"".join(top_chunks(f, top))
-                    self.transport.write(b"+OK Top of message follows\r\n" + stuff_message(data))
-                f.close()
+            fd = drop.open_fd(i)
+            if fd is None:
+                self.transport.write(b"-ERR Message %d no longer exists (removed by another "
+                                     b"session)\r\n" % (i + 1))
                 return
+            try:
+                data = os.read(fd, SMALL_MESSAGE + 1)
+                if len(data) <= SMALL_MESSAGE:  # the whole file: send it in one write
+                    if top is None:
+                        drop.retrieved[i] = 1
+                        self.transport.write(b"+OK %d octets\r\n" % len(data) +
+                                             stuff_message(data))
+                    else:
+                        data = b"".join(top_chunks(io.BytesIO(data), top))
+                        self.transport.write(b"+OK Top of message follows\r\n" +
+                                             stuff_message(data))
+                    return
+                size = os.fstat(fd).st_size
+                os.lseek(fd, 0, os.SEEK_SET)
+                f = os.fdopen(fd, "rb")
+                fd = None
+            finally:
+                if fd is not None:
+                    os.close(fd)
         except OSError as e:
-            f.close()
             log.error("pop3 cannot read message {key} of {address}: {err}",
                       key=drop.infos[i].key, address=self.address, err=str(e))
             self.transport.write(b"-ERR [SYS/TEMP] Cannot read message %d\r\n" % (i + 1))

@@ -198,6 +198,6 @@ def uidl_for_key(key: str) -> str:
     """The RFC 1939 unique-id of a message key: the key itself when it is 1-70 printable
     ASCII characters (0x21-0x7E), as every key mailhub writes is; otherwise a SHA-1 of it
     (a foreign Maildir with a long host name), which is equally stable."""
-    if 0 < len(key) <= 70 and all(0x21 <= ord(c) <= 0x7E for c in key):
+    if 0 < len(key) <= 70 and key.isascii() and key.isprintable() and " " not in key:
         return key
     return hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()
