@@ -84,6 +84,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "delay_warning": ("duration", 4 * 3600),
         "max_connections": ("int", 50),
         "max_connections_per_domain": ("int", 10),
+        # waits between attempts (the last one repeats); short ones make tests fast
+        "retry_schedule": ("strlist", ["1m", "5m", "15m", "30m", "1h"]),
     },
     "outbound": {
         "smarthost": ("optstr", None),
@@ -91,6 +93,10 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "smarthost_password_file": ("optpath", None),
         "require_tls": ("bool", False),
         "routes": ("strmap", {}),
+        "port": ("int", 25),                 # TCP port of remote MX hosts
+        "connect_timeout": ("duration", 30),
+        "timeout": ("duration", 300),        # per reply from the remote server
+        "tls_ca_file": ("optpath", None),    # extra trusted CAs for STARTTLS verification
     },
     "dns": {
         "nameservers": ("strlist", []),
