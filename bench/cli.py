@@ -1,0 +1,98 @@
+"""``python -m bench [--quick] [--only smtp,queue,pop3,imap,idle]``: install the peers if
+missing, run the chosen scenarios (mailhub and its peer alternating), write bench/RESULTS.md,
+bench/results.json and bench/ratios.png, and stop everything that was started."""
+from __future__ import annotations
+
+import argparse
+import atexit
+import importlib
+import shlex
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from bench import install, procs, report
+from bench.context import Bench
+
+SCENARIOS = ["smtp", "queue", "pop3", "imap", "idle"]
+HERE = Path(__file__).resolve().parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="reduced version of every scenario (< 3 min)")
+    ap.add_argument("--only", default=",".join(SCENARIOS),
+                    help=f"comma-separated scenarios (default all: {','.join(SCENARIOS)})")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per case (>= 3)")
+    ap.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md/results.json go")
+    ap.add_argument("--profile", action="store_true",
+                    help="add one py-spy profiled mailhub run per scenario to the report")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    ap.add_argument("--no-install", action="store_true", help="do not apt-get install peers")
+    args = ap.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in only if s not in SCENARIOS]
+    if unknown:
+        ap.error(f"unknown scenario(s): {', '.join(unknown)} (known: {', '.join(SCENARIOS)})")
+    if args.rounds < 3:
+        ap.error("--rounds must be at least 3")
+
+    if not args.no_install:
+        install.ensure_peers()
+    missing = install.missing_tools()
+    if missing:
+        print(f"bench: missing tools {missing}; install postfix dovecot-imapd dovecot-pop3d", file=sys.stderr)
+        return 2
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_file = open(args.out / "bench.log", "w")
+    b = Bench(args.quick, args.rounds, keep=args.keep, profile=args.profile, log_file=log_file)
+    atexit.register(b.cleanup)
+
+    def on_signal(signum, frame):
+        b.cleanup()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    command = "python -m bench " + " ".join(shlex.quote(a) for a in argv)
+    b.log(f"{command}  (temp dir {b.root})")
+    t0 = time.monotonic()
+    methodology = {}
+    try:
+        for name in only:
+            mod = importlib.import_module(f"bench.scenarios.{name}")
+            b.log(f"== {name}")
+            try:
+                mod.run(b)
+            except Exception as e:
+                b.skipped[name] = f"failed: {e}"
+                b.log(traceback.format_exc())
+            for key, text in getattr(mod, "METHODOLOGY", {}).items():
+                methodology[key] = text
+            left = procs.owned_pids()
+            if left:
+                b.log(f"  warning: processes left after {name}: {left}; stopping them")
+                procs.cleanup_all()
+    finally:
+        b.cleanup()
+    meta = {"date": report.now_utc(), "command": command, "quick": args.quick,
+            "rounds": args.rounds, "duration_s": time.monotonic() - t0,
+            "machine": report.machine_info(), "only": only, "skipped": b.skipped,
+            "profiles": b.profiles}
+    report.write_json(args.out / "results.json", b.results, meta)
+    chart = report.write_chart(args.out / "ratios.png", b.results)
+    analysis_path = HERE / "analysis.md"
+    analysis = analysis_path.read_text() if analysis_path.exists() else ""
+    report.write_markdown(args.out / "RESULTS.md", b.results, meta, b.skipped, b.profiles,
+                          methodology, analysis, chart)
+    b.log(f"wrote {args.out / 'RESULTS.md'} ({len(b.results)} cases, "
+          f"{len(b.skipped)} scenarios not measured) in {meta['duration_s']:.0f} s")
+    left = procs.owned_pids()
+    if left:
+        b.log(f"error: processes still running: {left}")
+        return 1
+    return 0
