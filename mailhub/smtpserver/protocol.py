@@ -81,6 +81,10 @@ class ESMTPServer(Protocol, TimeoutMixin):
         self._reset_transaction()
 
     # -- connection ----------------------------------------------------------------------
+    def callLater(self, period, func):
+        # TimeoutMixin's timer runs on the factory's reactor (a Clock in unit tests)
+        return self.factory.reactor.callLater(period, func)
+
     def connectionMade(self) -> None:
         f = self.factory
         peer = self.transport.getPeer()
