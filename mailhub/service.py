@@ -25,6 +25,7 @@ from mailhub.auth import AuthThrottle, build_portal
 from mailhub.config import LISTENER_NAMES, Config
 from mailhub.directory import open_directory
 from mailhub.mda import DeliveryAgent
+from mailhub.ownership import give_to_data_dir_owner
 from mailhub.store import MailboxEvents, MailStore
 from mailhub.tls import certificate_paths, server_context
 
@@ -166,6 +167,16 @@ class MailhubService(service.MultiService):
     def __init__(self, ctx: ServerContext):
         super().__init__()
         self.ctx = ctx
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        # Started as root to bind low ports (twistd --uid drops privileges right after this):
+        # hand what start-up created (database, queue, spool, certificate, ...) to the data
+        # dir's owner, the user the daemon will run as. Mail trees are created by the CLI,
+        # which does the same.
+        data = self.ctx.cfg.data_dir
+        give_to_data_dir_owner(data, *[p for p in data.iterdir() if p.name != "mail"])
+        give_to_data_dir_owner(data, data / "mail", recursive=False)
 
     def startService(self):
         super().startService()

@@ -111,6 +111,7 @@ def user_add(args) -> int:
         ctx.directory.remove_user(addr)
         raise CLIError(f"cannot create the mailbox of {addr}: {e.strerror}; nothing changed")
     ctx.fix_ownership(path)
+    ctx.fix_ownership(path.parent, recursive=False)  # the domain's directory
     print(f"user {addr} added (mail in {path})")
     return 0
 
