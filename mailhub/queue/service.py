@@ -44,7 +44,7 @@ class QueueService(service.Service):
 
 def build_queue(ctx) -> OutboundQueue:
     cfg = ctx.cfg
-    spool = Spool(cfg.data_dir / "queue").create()
+    spool = Spool(cfg.data_dir / "queue")  # created at start, after twistd --uid
     router = Router(cfg, MailResolver.from_config(cfg), ctx.reactor)
     signer = DKIMSigner(DKIMKeys(cfg.data_dir / "dkim"), log=log)
     return OutboundQueue(cfg, ctx.reactor, spool, router, signer=signer, mda=ctx.mda,
