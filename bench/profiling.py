@@ -9,27 +9,37 @@ from pathlib import Path
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
 
 
-def parse_collapsed(text: str) -> tuple[Counter, Counter, Counter, int]:
-    """(self samples per function, inclusive samples per function, inclusive per area, total)."""
+IDLE_LEAVES = ("Condition.wait", "EPollReactor.doPoll", "Event.wait", "_wait_for_tstate_lock",
+               "Thread.join", "select (", "poll (")
+
+
+def parse_collapsed(text: str) -> tuple[Counter, Counter, Counter, int, int]:
+    """From py-spy raw (collapsed) stacks: (self samples per function, inclusive samples per
+    mailhub function, self samples per area, busy samples, idle samples). Samples whose leaf
+    is a wait (epoll, a thread pool's condition) count as idle and are left out."""
     self_c: Counter = Counter()
     incl: Counter = Counter()
     areas: Counter = Counter()
-    total = 0
+    busy = idle = 0
     for line in text.splitlines():
         stack, _, n = line.rpartition(" ")
         if not stack or not n.isdigit():
             continue
         n = int(n)
-        total += n
-        frames = [_name(f) for f in stack.split(";") if f]
-        if not frames:
+        raw = [f for f in stack.split(";") if f]
+        if not raw:
             continue
+        frames = [_name(f) for f in raw]
+        if frames[-1].startswith(IDLE_LEAVES):
+            idle += n
+            continue
+        busy += n
         self_c[frames[-1]] += n
-        for f in set(frames):
-            incl[f] += n
-        for a in {_area(f) for f in stack.split(";") if f}:
-            areas[a] += n
-    return self_c, incl, areas, total
+        areas[_area(raw[-1])] += n
+        for f, r in set(zip(frames, raw)):
+            if "mailhub/" in r:
+                incl[f] += n
+    return self_c, incl, areas, busy, idle
 
 
 def _name(frame: str) -> str:
@@ -44,6 +54,7 @@ def _name(frame: str) -> str:
 def _area(frame: str) -> str:
     m = _FRAME.match(frame.strip())
     file = m.group("file") if m else frame
+    file = "/" + file.lstrip("/")
     if "/mailhub/" in file:
         parts = file.split("/mailhub/")[-1].split("/")
         return "mailhub/" + (parts[0] if len(parts) > 1 else parts[0])
@@ -60,31 +71,43 @@ def summarize(path: Path, top: int = 12) -> dict:
         text = Path(path).read_text(errors="replace")
     except OSError as e:
         return {"error": f"no profile: {e}"}
-    self_c, incl, areas, total = parse_collapsed(text)
-    if not total:
+    self_c, incl, areas, busy, idle = parse_collapsed(text)
+    if not busy:
         return {"error": "empty profile"}
 
     def pct(c: Counter, k: int):
-        return [(name, round(100.0 * n / total, 1)) for name, n in c.most_common(k)]
+        return [(name, round(100.0 * n / busy, 1)) for name, n in c.most_common(k)]
 
-    return {"samples": total, "self": pct(self_c, top), "inclusive": pct(incl, top),
-            "areas": pct(areas, top)}
+    return {"samples": busy, "idle_samples": idle, "self": pct(self_c, top),
+            "inclusive": pct(incl, top), "areas": pct(areas, top)}
 
 
-def profile_run(b, mh, fn) -> dict:
-    """Restart ``mh`` under py-spy, run ``fn`` once, stop, summarize, restart normally."""
+def profile_run(b, mh, fn, rate: int = 250) -> dict:
+    """Attach py-spy to the running mailhub, run ``fn`` once, detach, summarize."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from bench import procs
+
     out = b.root / f"profile-{len(b.profiles)}.txt"
-    mh.stop()
+    pid = mh.pid()
+    pyspy = Path(sys.executable).parent / "py-spy"
+    if not pid or not pyspy.exists():
+        return {"error": "py-spy or the server is missing"}
+    spy = procs.popen([str(pyspy), "record", "--pid", str(pid), "--rate", str(rate),
+                       "--format", "raw", "-o", str(out)], stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
     try:
-        mh.start(profile=out)
         fn()
     except Exception as e:
         b.log(f"  profile run failed: {e}")
     finally:
-        mh.stop()
-    summary = summarize(out)
-    try:
-        mh.start()
-    except Exception as e:
-        b.log(f"  restart after profiling failed: {e}")
-    return summary
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            procs.stop_pid(spy.pid, group=True)
+    return summarize(out)

@@ -182,10 +182,13 @@ def write_markdown(path: Path, results: list[CaseResult], meta: dict, skipped: d
             if "error" in p:
                 out += ["", p["error"], ""]
                 continue
-            out += ["", f"{p['samples']} samples. By area (inclusive):", ""]
+            out += ["", f"{p['samples']} busy samples ({p.get('idle_samples', 0)} idle ones, "
+                    "waiting in epoll or a thread pool, left out). Self time by area:", ""]
             out += [f"- {a}: {pct}%" for a, pct in p["areas"][:8]]
             out += ["", "Top functions by self time:", ""]
             out += [f"- {f}: {pct}%" for f, pct in p["self"][:10]]
+            out += ["", "mailhub functions by inclusive time:", ""]
+            out += [f"- {f}: {pct}%" for f, pct in p["inclusive"][:10]]
             out.append("")
     if analysis:
         out += ["## Notes and analysis", "", analysis.strip(), ""]

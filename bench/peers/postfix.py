@@ -114,7 +114,6 @@ class Postfix:
             "transport_maps": f"texthash:{self.conf / 'transport'}",
             "relayhost": "",
             "smtp_dns_support_level": "disabled",
-            "disable_dns_lookups": "yes",
             "smtp_tls_security_level": "none",
             "smtpd_tls_security_level": "none",
             "smtp_address_preference": "ipv4",
