@@ -1,0 +1,1 @@
+"""IMAP4rev1 server (RFC 3501 + modern extensions) over the Maildir store; see docs/imap.md."""

@@ -1,0 +1,137 @@
+"""SEARCH evaluation over a folder index: flags, UIDs, sizes and dates from memory; headers and
+bodies read from the message file only when the program needs them (and only once)."""
+from __future__ import annotations
+
+import datetime as _dt
+
+from mailhub.imapserver import message as M
+
+HEADER_KEYS = {"FROM": b"from", "TO": b"to", "CC": b"cc", "BCC": b"bcc", "SUBJECT": b"subject"}
+
+
+def needs(program) -> set:
+    """What a program reads: {"header", "body", "date"} subset."""
+    out = set()
+
+    def walk(k):
+        op = k[0]
+        if op in ("AND",):
+            for x in k[1]:
+                walk(x)
+        elif op == "OR":
+            walk(k[1])
+            walk(k[2])
+        elif op == "NOT":
+            walk(k[1])
+        elif op in HEADER_KEYS or op == "HEADER" or op.startswith("SENT"):
+            out.add("header")
+        elif op in ("BODY", "TEXT"):
+            out.add("body")
+        elif op in ("BEFORE", "ON", "SINCE"):
+            out.add("date")
+    walk(program)
+    return out
+
+
+class MessageContext:
+    """What SEARCH may ask about one message, loaded lazily."""
+
+    __slots__ = ("index", "pos", "seq", "uid", "letters", "recent", "_headers", "_data",
+                 "_read_header")
+
+    def __init__(self, index, pos, seq, uid, recent, read_header, read_all):
+        self.index = index
+        self.pos = pos
+        self.seq = seq
+        self.uid = uid
+        self.letters = index.flags[pos]
+        self.recent = recent
+        self._headers = None
+        self._data = None
+        self._read_header = (read_header, read_all)
+
+    def headers(self):
+        if self._headers is None:
+            raw = self._read_header[0](self.pos)
+            self._headers = M.parse_headers(raw or b"")
+        return self._headers
+
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = self._read_header[1](self.pos) or b""
+        return self._data
+
+
+def _contains(hay: str, needle: str) -> bool:
+    return needle in hay
+
+
+def matches(key, ctx: MessageContext, largest_seq: int, largest_uid: int) -> bool:
+    op = key[0]
+    if op == "AND":
+        return all(matches(k, ctx, largest_seq, largest_uid) for k in key[1])
+    if op == "ALL":
+        return True
+    if op == "FLAG":
+        name = key[1]
+        low = name.lower()
+        if low == "\\recent":
+            return ctx.recent
+        letter = M_FLAG.get(low)
+        if letter is None:
+            letter = ctx.index.keyword_letter(name, create=False)
+            if letter is None:
+                return False
+        return letter in ctx.letters
+    if op == "NOT":
+        return not matches(key[1], ctx, largest_seq, largest_uid)
+    if op == "OR":
+        return matches(key[1], ctx, largest_seq, largest_uid) or matches(key[2], ctx, largest_seq, largest_uid)
+    if op == "SEQ":
+        return key[1].contains(ctx.seq, largest_seq)
+    if op == "UID":
+        return key[1].contains(ctx.uid, largest_uid)
+    if op == "LARGER":
+        return ctx.index.size(ctx.pos) > key[1]
+    if op == "SMALLER":
+        return ctx.index.size(ctx.pos) < key[1]
+    if op == "MODSEQ":
+        return ctx.index.modseqs[ctx.pos] >= key[1]
+    if op in HEADER_KEYS:
+        needle = key[1].decode("utf-8", "replace").casefold()
+        name = HEADER_KEYS[op]
+        return any(_contains(M.decoded_header(v), needle) for n, v, _ in ctx.headers() if n == name)
+    if op == "HEADER":
+        name = key[1].lower()
+        needle = key[2].decode("utf-8", "replace").casefold()
+        vals = [v for n, v, _ in ctx.headers() if n == name]
+        if not needle:
+            return bool(vals)
+        return any(_contains(M.decoded_header(v), needle) for v in vals)
+    if op in ("BODY", "TEXT"):
+        needle = key[1].decode("utf-8", "replace").casefold()
+        data = ctx.data()
+        hend, bstart = M.split_message(data)
+        if op == "TEXT" and needle in M.decoded_header(data[:hend]):
+            return True
+        return needle in data[bstart:].decode("utf-8", "replace").casefold()
+    if op in ("BEFORE", "ON", "SINCE"):
+        d = _dt.datetime.fromtimestamp(ctx.index.internaldate(ctx.pos)).date()
+        return _cmp(op, d, key[1])
+    if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        dt = M.header_date(ctx.headers())
+        if dt is None:
+            return False
+        return _cmp(op[4:], dt.date(), key[1])
+    raise ValueError(f"unknown search key {op}")
+
+
+def _cmp(op: str, d: _dt.date, ref: _dt.date) -> bool:
+    if op == "BEFORE":
+        return d < ref
+    if op == "ON":
+        return d == ref
+    return d >= ref
+
+
+M_FLAG = {"\\seen": "S", "\\answered": "R", "\\flagged": "F", "\\deleted": "T", "\\draft": "D"}
