@@ -149,10 +149,25 @@ idle_timeout = 3
 """
 
 
+def add_users(env: MailhubEnv, users: dict[str, str], aliases: dict[str, list[str]] = {},
+              domains: tuple[str, ...] = ()) -> None:
+    """What ``mailhub domain/user/alias add`` do, in process (the CLI costs a Python start
+    per call; tests/foundation covers the CLI itself)."""
+    env.data_dir.mkdir(parents=True, exist_ok=True)
+    directory = open_directory(env.data_dir)
+    store = MailStore(env.data_dir / "mail")
+    wanted = list(domains) + [a.rpartition("@")[2] for a in list(users) + list(aliases)]
+    for d in dict.fromkeys(wanted):
+        if not directory.has_domain(d):
+            directory.add_domain(d)
+    for u, pw in users.items():
+        store.create_user(directory.add_user(u, pw))
+    for src, targets in aliases.items():
+        directory.add_alias(src, targets)
+
+
 def setup_env(env: MailhubEnv) -> MailhubEnv:
-    for u, pw in USERS.items():
-        env.add_user(u, pw)
-    env.cli("alias", "add", "info@example.com", "alice@example.com")
+    add_users(env, USERS, {"info@example.com": ["alice@example.com"]})
     return env
 
 

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from tests.conftest import CORPUS
-from tests.smtp.conftest import client, tls_context
+from tests.smtp.conftest import add_users, client, tls_context
 
 
 def body_of(path) -> bytes:
@@ -71,8 +71,7 @@ RELAY_TRICKS = [
 
 
 def test_open_relay_battery(smtp_env, server_factory):
-    smtp_env.cli("domain", "add", "catchall.example")
-    smtp_env.cli("alias", "add", "@catchall.example", "bob@example.com")
+    add_users(smtp_env, {}, {"@catchall.example": ["bob@example.com"]})
     server = server_factory(smtp_env).start()
     s = client(server)
     s.ehlo("relay-tester.example")
@@ -109,7 +108,7 @@ def test_open_relay_battery(smtp_env, server_factory):
 
 
 def test_smtputf8_addresses_and_headers_stored_unchanged(smtp_env, server_factory):
-    smtp_env.add_user("jöran@example.com", "pw-j")
+    add_users(smtp_env, {"jöran@example.com": "pw-j"})
     server = server_factory(smtp_env).start()
     s = client(server)
     s.ehlo("client.example")
