@@ -459,7 +459,7 @@ class POP3Server(Protocol, TimeoutMixin):
         i = self._msg(args[0])
         if i is None:
             return
-        if not args[1].isdigit() or len(args[1]) > 9:
+        if not args[1].isdigit() or len(args[1]) > 20:
             self.transport.write(b"-ERR Invalid line count\r\n")
             return
         self._send_message(i, int(args[1]))
