@@ -18,6 +18,9 @@ from twisted.names import cache, client, dns, error, hosts as hostsModule, resol
 
 log = Logger(namespace="mailhub.dns")
 
+# one UDP port per query: without this every lookup logs two "Starting/Stopping" lines
+dns.DNSDatagramProtocol.noisy = False
+
 TIMEOUTS = (2, 5, 10)
 
 

@@ -348,6 +348,7 @@ class OutboundQueue:
     @defer.inlineCallbacks
     def _worker(self, dest: str):
         session: ClientSession | None = None
+        job = None
         try:
             job = self._next_job(dest)
             if job is None:
@@ -355,13 +356,13 @@ class OutboundQueue:
             try:
                 targets = yield self.router.targets(dest)
             except NullMX as e:
-                self._fail_dest(job, dest, str(e), "5.1.10")
+                job = self._fail_dest(job, dest, str(e), "5.1.10")
                 return
             except DNSPermanentError as e:
-                self._fail_dest(job, dest, str(e), "5.1.2")
+                job = self._fail_dest(job, dest, str(e), "5.1.2")
                 return
             except Exception as e:  # noqa: BLE001  (DNSTemporaryError and the unexpected)
-                self._defer_dest(job, dest, str(e), "4.4.3")
+                job = self._defer_dest(job, dest, str(e), "4.4.3")
                 return
             idx = 0
             while job is not None:
@@ -369,9 +370,9 @@ class OutboundQueue:
                     session, idx, err = yield self._connect(dest, targets, idx)
                     if session is None:
                         if err.permanent:
-                            self._fail_dest(job, dest, str(err), err.status)
+                            job = self._fail_dest(job, dest, str(err), err.status)
                         else:
-                            self._defer_dest(job, dest, str(err), err.status)
+                            job = self._defer_dest(job, dest, str(err), err.status)
                         return
                 outcome = yield self._deliver(session, job)
                 if outcome is not None:
@@ -384,13 +385,22 @@ class OutboundQueue:
                     idx += 1
                     if idx < len(targets):
                         continue
-                    self._job_done(job)
+                    job = self._job_done(job)
                     return  # every host tried; jobs still waiting get a fresh worker
-                self._job_done(job)
+                job = self._job_done(job)
                 job = yield self._wait_for_job(dest)
+        except Exception:  # noqa: BLE001  (a bug must not leave the message stuck)
+            log.failure("queue worker for {dest} failed", dest=dest)
+            if job is not None:
+                self._set(job, [r for r in job.rcpts if r.state == PENDING], PENDING, "4.3.0",
+                          "internal error during delivery (see the server log)", "")
+                self._job_done(job)
         finally:
             if session is not None:
-                yield session.close()
+                try:
+                    yield session.close()
+                except Exception:  # noqa: BLE001
+                    pass
             self.workers[dest] -= 1
             self.total_workers -= 1
             if not self.workers[dest]:
@@ -407,12 +417,14 @@ class OutboundQueue:
             self._set(job, job.rcpts, FAILED, status, why, "")
             self._job_done(job)
             job = self._next_job(dest)
+        return None
 
     def _defer_dest(self, job: Job, dest: str, why: str, status: str) -> None:
         while job is not None:
             self._set(job, job.rcpts, PENDING, status, why, "")
             self._job_done(job)
             job = self._next_job(dest)
+        return None
 
     def _set(self, job: Job, rcpts: list[Recipient], state: str, status: str, diag: str,
              mta: str) -> None:
@@ -507,14 +519,16 @@ class OutboundQueue:
             self._write_envelope(env)
 
     def _job_done(self, job: Job) -> None:
+        """Account for a finished job (returns None, for ``job = self._job_done(job)``)."""
         left = self.inflight.get(job.qid, 0) - 1
         if left > 0:
             self.inflight[job.qid] = left
-            return
+            return None
         self.inflight.pop(job.qid, None)
         env = self.envs.get(job.qid)
         if env is not None:
             self._finish(env)
+        return None
 
     # ---------------------------------------------------------------- end of an attempt
     def _finish(self, env: Envelope) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from OpenSSL import SSL
 from twisted.internet import defer, endpoints, protocol
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from zope.interface import implementer
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
@@ -143,6 +145,7 @@ VERIFY_ERRORS = {
 }
 
 
+@implementer(IOpenSSLClientConnectionCreator)
 class OpportunisticTLS:
     """A pyOpenSSL client connection creator that accepts any certificate but records
     whether it verified (chain against the system CAs + ``ca_file``, and the host name)."""
@@ -193,6 +196,16 @@ class OpportunisticTLS:
         except Exception as e:  # noqa: BLE001
             return False, f"name check failed: {e}"
         return True, "verified"
+
+
+class _OneShot(protocol.Factory):
+    noisy = False
+
+    def __init__(self, proto):
+        self.proto = proto
+
+    def buildProtocol(self, addr):
+        return self.proto
 
 
 @dataclass
@@ -250,10 +263,9 @@ class ClientSession:
             ep = endpoints.wrapClientTLS(tls_creator, ep)
         conn = SMTPConnection(self.reactor, self.opts.timeout)
         try:
-            yield endpoints.connectProtocol(ep, conn)
+            yield ep.connect(_OneShot(conn))
         except Exception as e:  # noqa: BLE001
-            raise SessionError(f"cannot connect to {self.label}: {getattr(e, 'osError', None) or e}",
-                               "4.4.1")
+            raise SessionError(f"cannot connect to {self.label}: {e}", "4.4.1")
         self.conn = conn
         greeting = yield conn.greeting
         if greeting.code != 220:
@@ -321,7 +333,7 @@ class ClientSession:
         if not self.tls:
             yield self.close()
             raise SessionError(f"will not send the password to {self.label} without TLS "
-                               "(the server offers no STARTTLS)", "5.7.0", permanent=True)
+                               "(the server offers no STARTTLS)", "4.7.0")
         mechs = self.ext.get("AUTH", "").upper().split()
         user = self.opts.username.encode("utf-8")
         pw = (self.opts.password or "").encode("utf-8")
@@ -337,12 +349,11 @@ class ClientSession:
         else:
             yield self.close()
             raise SessionError(f"{self.label} offers no AUTH mechanism we support "
-                               f"({' '.join(mechs)})", "5.7.0", permanent=True)
+                               f"({' '.join(mechs)})", "4.7.0")
         if reply.code != 235:
             yield self.close()
             raise SessionError(f"authentication to {self.label} as {self.opts.username} failed: "
-                               f"{reply}", reply.status(), permanent=reply.code >= 500,
-                               reply=reply)
+                               f"{reply}", "4.7.0", reply=reply)
 
     def limit(self) -> int | None:
         return max_size(self.ext)
