@@ -34,6 +34,8 @@ log = Logger(namespace="mailhub.pop3")
 AUTHORIZATION = "AUTHORIZATION"
 TRANSACTION = "TRANSACTION"
 
+MAX_LINE = 255              # RFC 2449 section 4
+MAX_SASL_LINE = 8192
 SMALL_MESSAGE = 256 * 1024   # read whole and sent in one write; larger ones are streamed
 CHUNK = 64 * 1024
 MAX_PENDING_INPUT = 64 * 1024  # stop reading while this much pipelined input waits
@@ -79,7 +81,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self.callLater = factory.reactor.callLater  # TimeoutMixin's clock
         self.secure = factory.implicit_tls
         self.state = AUTHORIZATION
-        self.lines = LineSplitter(255)
+        self.lines = LineSplitter(MAX_LINE)
         self.busy = False        # a command is still in progress: do not read the next one
         self.closing = False
         self.user: bytes | None = None
@@ -156,9 +158,11 @@ class POP3Server(Protocol, TimeoutMixin):
             if line is TOO_LONG:
                 self.transport.write(b"-ERR Line too long (the limit is 255 octets)\r\n")
                 self.sasl_pending = False
+                lines.limit = MAX_LINE
                 continue
             if self.sasl_pending:
                 self.sasl_pending = False
+                lines.limit = MAX_LINE
                 self._sasl_response(line)
                 continue
             verb, args = parse_command(line)
@@ -283,6 +287,8 @@ class POP3Server(Protocol, TimeoutMixin):
             self._sasl_response(b"" if args[1] == b"=" else args[1])
         else:
             self.sasl_pending = True
+            # RFC 5034: the 255-octet command limit does not bind SASL responses
+            self.lines.limit = MAX_SASL_LINE
             self.transport.write(b"+ \r\n")
 
     def _sasl_response(self, line: bytes) -> None:

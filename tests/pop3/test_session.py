@@ -237,6 +237,16 @@ def test_auth_plain_initial_and_continuation(env):
     s = env.connect()
     assert s.cmd(b"AUTH PLAIN") == b"+ \r\n"
     assert s.cmd(token).startswith(b"+OK Logged in")
+    s.cmd(b"QUIT")
+    s.proto.connectionLost(None)
+    # a SASL response may exceed the 255-octet command limit (a long password)
+    long_pw = base64.b64encode(f"\0{USER}\0{'p' * 400}".encode())
+    s = env.connect()
+    assert s.cmd(b"AUTH PLAIN") == b"+ \r\n"
+    assert s.cmd(long_pw) == b""                      # checked, failed after the delay
+    env.clock.advance(10)
+    assert s.take() == b"-ERR [AUTH] Authentication failed\r\n"
+    assert s.cmd(b"USER " + b"u" * 300) == b"-ERR Line too long (the limit is 255 octets)\r\n"
 
 
 def test_auth_plain_foreign_authzid_refused(env):
@@ -326,3 +336,29 @@ def test_large_message_streams_through_producer(env):
         top += s.take()
     assert top == b"+OK Top of message follows\r\nSubject: big\r\n\r\n..dotted line 0\r\n" \
         b"line 1\r\n.\r\n"
+
+
+def test_user_without_mail_tree_has_an_empty_maildrop(env):
+    env.ctx.directory.add_user("fresh@pop.test", PASSWORD)  # no store.create_user
+    s = env.connect()
+    assert s.login("fresh@pop.test").startswith(b"+OK Logged in, 0 messages (0 octets)")
+    assert s.cmd(b"LIST") == b"+OK 0 messages (0 octets)\r\n.\r\n"
+    assert s.cmd(b"RETR 1") == b"-ERR No such message\r\n"
+    assert s.cmd(b"QUIT").startswith(b"+OK")
+
+
+def test_set_nodelay_plain_and_under_a_tls_wrapper():
+    import socket
+    from types import SimpleNamespace
+
+    from mailhub.pop3server.protocol import set_nodelay
+
+    for wrap in (lambda sk: SimpleNamespace(socket=sk),
+                 lambda sk: SimpleNamespace(transport=SimpleNamespace(socket=sk))):
+        sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            assert sk.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+            set_nodelay(wrap(sk))
+            assert sk.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            sk.close()
