@@ -1,0 +1,188 @@
+"""FolderIndex (mailhub.store.index) without a server: UID assignment, persistence and
+restart stability, rebuild when the uidlist is lost, flags in file names, keywords, MODSEQ."""
+import os
+
+import pytest
+from twisted.internet import defer
+
+from mailhub.store import MailStore
+from mailhub.store.index import UIDLIST, FolderIndex, IndexRegistry
+
+ADDR = "carol@example.com"
+
+
+def drop(folder, name, flags=None, data=b"Subject: x\r\n\r\nbody\r\n"):
+    """Write a message file the way another program would (out of process)."""
+    if flags is None:
+        p = folder.path / "new" / name
+    else:
+        p = folder.path / "cur" / f"{name}:2,{flags}"
+    p.write_bytes(data)
+    return p
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = MailStore(tmp_path / "mail", fsync=False)
+    s.create_user(ADDR)
+    return s
+
+
+def test_uids_ascending_and_persistent(store):
+    folder = store.folder(ADDR)
+    for i in range(5):
+        drop(folder, f"100{i}.M1P1Q{i}.host,S=22")
+    idx = FolderIndex(folder.path, fsync=False)
+    idx.sync()
+    assert list(idx.uids) == [1, 2, 3, 4, 5]
+    validity = idx.uidvalidity
+    keys = list(idx.keys)
+    assert keys == sorted(keys)
+    # a new message gets the next UID; a removed one's UID is never reused
+    os.unlink(folder.path / "new" / keys[4])
+    drop(folder, "2000.M1P1Q9.host,S=22")
+    idx._dirty_all = True
+    idx.sync()
+    assert list(idx.uids) == [1, 2, 3, 4, 6]
+    # restart: same map, same UIDVALIDITY
+    idx2 = FolderIndex(folder.path, fsync=False)
+    idx2.sync()
+    assert idx2.uidvalidity == validity
+    assert list(idx2.uids) == [1, 2, 3, 4, 6] and idx2.uidnext == 7
+    assert idx2.keys == idx.keys
+
+
+def test_flags_live_in_file_names_and_survive(store):
+    folder = store.folder(ADDR)
+    drop(folder, "1.M1P1Q1.host,S=22")
+    drop(folder, "2.M1P1Q2.host,S=22", flags="S")
+    idx = FolderIndex(folder.path, fsync=False)
+    idx.sync()
+    assert idx.flags == ["", "S"]
+    kw = idx.letters_for(["\\Flagged", "$Important", "\\Seen"])
+    assert kw == "FSa"
+    m0 = idx.highestmodseq
+    idx.set_flags([(0, kw)])
+    assert idx.highestmodseq == m0 + 1 and idx.modseqs[0] == m0 + 1
+    names = sorted(os.listdir(folder.path / "cur"))
+    assert names == ["1.M1P1Q1.host,S=22:2,FSa", "2.M1P1Q2.host,S=22:2,S"]
+    assert (folder.path / "mailhub-keywords").read_text() == "0 $Important\n"
+    idx2 = FolderIndex(folder.path, fsync=False)
+    idx2.sync()
+    assert idx2.flags == ["FSa", "S"]
+    assert idx2.flag_names("FSa") == ["\\Flagged", "\\Seen", "$Important"]
+    assert idx2.modseqs[0] == m0 + 1
+    # the store (POP3's view) sees the same flags
+    infos = folder.scan()
+    assert sorted(i.flags for i in infos) == ["FSa", "S"]
+
+
+def test_foreign_flag_change_and_expunge_detected(store):
+    folder = store.folder(ADDR)
+    drop(folder, "1.M1P1Q1.host,S=22")
+    drop(folder, "2.M1P1Q2.host,S=22")
+    idx = FolderIndex(folder.path, fsync=False)
+    idx.sync()
+    before = idx.highestmodseq
+    # another program marks one seen and deletes the other (as POP3 would)
+    os.rename(folder.path / "new" / "1.M1P1Q1.host,S=22", folder.path / "cur" / "1.M1P1Q1.host,S=22:2,S")
+    os.unlink(folder.path / "new" / "2.M1P1Q2.host,S=22")
+    idx.invalidate("flags")
+    idx.sync()
+    assert list(idx.uids) == [1] and idx.flags == ["S"]
+    assert idx.highestmodseq > before
+    assert [u for _m, u in idx.changes] == [1]
+    assert [u for _m, u in idx.expunged] == [2]
+
+
+def test_lost_uidlist_rebuilds_with_new_uidvalidity(store):
+    folder = store.folder(ADDR)
+    drop(folder, "1.M1P1Q1.host,S=22")
+    idx = FolderIndex(folder.path, fsync=False)
+    idx.sync()
+    old = idx.uidvalidity
+    os.unlink(folder.path / UIDLIST)
+    idx2 = FolderIndex(folder.path, fsync=False)
+    idx2.sync()
+    assert idx2.uidvalidity != old
+    assert list(idx2.uids) == [1]
+    # a corrupt file is treated as lost
+    (folder.path / UIDLIST).write_bytes(b"garbage\n")
+    idx3 = FolderIndex(folder.path, fsync=False)
+    idx3.sync()
+    assert idx3.uidvalidity not in (old, 0) and list(idx3.uids) == [1]
+
+
+def test_torn_last_record_is_ignored(store):
+    folder = store.folder(ADDR)
+    drop(folder, "1.M1P1Q1.host,S=22")
+    idx = FolderIndex(folder.path, fsync=False)
+    idx.sync()
+    with open(folder.path / UIDLIST, "ab") as f:
+        f.write(b"+7 99 half-written-k")
+    idx2 = FolderIndex(folder.path, fsync=False)
+    idx2.sync()
+    assert list(idx2.uids) == [1] and idx2.uidvalidity == idx.uidvalidity
+    assert idx2.uidnext == 2
+
+
+def test_log_compaction_keeps_state(store):
+    folder = store.folder(ADDR)
+    for i in range(3):
+        drop(folder, f"{i}.M1P1Q{i}.host,S=22")
+    idx = FolderIndex(folder.path, fsync=False)
+    idx.sync()
+    for n in range(700):  # 1400 flag records > 2*3+1000: forces a compaction
+        idx.set_flags([(n % 3, "S" if n % 2 == 0 else "")])
+    size = (folder.path / UIDLIST).stat().st_size
+    assert size < 20000
+    idx2 = FolderIndex(folder.path, fsync=False)
+    idx2.sync()
+    assert list(idx2.uids) == [1, 2, 3]
+    assert list(idx2.modseqs) == list(idx.modseqs)
+    assert idx2.highestmodseq == idx.highestmodseq
+
+
+def test_copy_and_expunge(store):
+    folder = store.folder(ADDR)
+    trash = store.folder(ADDR, "Trash")
+    drop(folder, "1.M1P1Q1.host,S=22", flags="F")
+    src = FolderIndex(folder.path, fsync=False)
+    dst = FolderIndex(trash.path, fsync=False)
+    src.sync()
+    dst.sync()
+    uid = src.copy_to(0, dst, "FT")
+    assert uid == 1 and dst.flags == ["FT"]
+    assert src.expunge([0]) == [1]
+    assert list(src.uids) == []
+    assert os.listdir(folder.path / "cur") == []
+    dst2 = FolderIndex(trash.path, fsync=False)
+    dst2.sync()
+    assert list(dst2.uids) == [1] and dst2.flags == ["FT"]
+
+
+def test_registry_shares_and_keeps_warm(store):
+    reg = IndexRegistry(store.events, keep=1, fsync=False)
+    f = store.folder(ADDR)
+    a = reg.acquire(f)
+    b = reg.acquire(store.folder(ADDR, "inbox"))
+    assert a is b and a.users == 2
+    reg.release(a)
+    reg.release(b)
+    assert reg.acquire(f) is a
+
+
+def test_delivery_through_store_is_picked_up(store):
+    results = []
+    d = store.deliver_bytes(ADDR, b"Subject: hi\r\n\r\nx\r\n")
+    d.addBoth(results.append)
+    folder = store.folder(ADDR)
+    # the commit thread publishes asynchronously; wait for the file
+    import time
+    for _ in range(200):
+        if os.listdir(folder.path / "new"):
+            break
+        time.sleep(0.01)
+    idx = FolderIndex(folder.path, fsync=False)
+    idx.sync()
+    assert len(idx.uids) == 1 and idx.files[0].startswith("new/")
