@@ -7,7 +7,8 @@
   every accepted message as JSON in ``<out>/<receiver name>/``.
 
 Receiver behaviour per recipient local part: ``reject*`` -> 550, ``tempfail*`` -> 451 always,
-``defer1*`` -> 451 the first time (per receiver), then accepted; anything else accepted.
+``defer1*`` -> 451 the first time (per receiver), then accepted; ``slow*`` -> accepted, the
+end-of-data reply 50 ms late; anything else accepted.
 Receiver options: ``starttls``, ``smtputf8``, ``pipelining`` (default true), ``size``,
 ``auth`` ({"user", "password"}: MAIL needs AUTH), ``greeting`` (e.g. "421 busy").
 
@@ -212,8 +213,12 @@ class Receiver(LineReceiver):
         tmp = self.out / f".{n:06d}.tmp"
         tmp.write_text(json.dumps(rec, ensure_ascii=False, default=str), errors="surrogateescape")
         os.replace(tmp, self.out / f"{n:06d}.json")
+        slow = any(r.split("@")[0].lower().startswith("slow") for r in self.rcpts)
         self.reset()
-        self.send(f"250 2.0.0 ok queued as F{n}")
+        if slow:  # a slow disk on the receiving side: the reply comes 50 ms later
+            reactor.callLater(0.05, self.send, f"250 2.0.0 ok queued as F{n}")
+        else:
+            self.send(f"250 2.0.0 ok queued as F{n}")
 
     def do_RSET(self, arg):
         self.reset()
@@ -239,9 +244,14 @@ def main(spec_path: str) -> None:
 
     resolver = ZoneResolver(spec.get("zone", {}))
     factory = server.DNSServerFactory(authorities=[resolver])
-    udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
-    dns_port = udp.getHost().port
-    reactor.listenTCP(dns_port, factory, interface="127.0.0.1")
+    for attempt in range(50):  # UDP and TCP on the same port number
+        udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        dns_port = udp.getHost().port
+        try:
+            reactor.listenTCP(dns_port, factory, interface="127.0.0.1")
+            break
+        except Exception:  # noqa: BLE001
+            udp.stopListening()
 
     receivers = spec.get("receivers", [])
     port = spec.get("smtp_port", 0)
