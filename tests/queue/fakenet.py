@@ -81,6 +81,7 @@ class Receiver(LineReceiver):
 
     def connectionMade(self):
         self.state["connections"] = self.state.get("connections", 0) + 1
+        (self.out / "connections").write_text(str(self.state["connections"]))
         self.transport.setTcpNoDelay(True)
         greeting = self.spec.get("greeting", "220 fake ESMTP")
         self.send(greeting)

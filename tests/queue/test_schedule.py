@@ -1,0 +1,72 @@
+"""Queue policy over time: delay warning, expiry after max_age, unknown domains, and
+connection reuse with the per-domain concurrency limit."""
+from __future__ import annotations
+
+from mailhub.queue.envelope import Envelope, Recipient, new_queue_id
+from mailhub.queue.spool import Spool
+from tests.conftest import MailhubEnv, MailhubServer
+from tests.queue.conftest import inject, message, queue_ids, wait_queue_empty, wait_until
+
+
+def _env(tmp_path, net, **kw) -> MailhubEnv:
+    (tmp_path / "mh").mkdir()
+    env = MailhubEnv(tmp_path / "mh", net.toml(**kw))
+    env.add_user("alice@example.com", "pw")
+    return env
+
+
+def test_delay_warning_then_expiry(tmp_path, fakenet):
+    env = _env(tmp_path, fakenet, schedule='["1s"]',
+               queue='delay_warning = "2s"\nmax_age = "5s"')
+    server = MailhubServer(env).start()
+    try:
+        inject(env, "alice@example.com", ["tempfail@pref.test"], message("late"))
+        first = wait_until(lambda: env.messages("alice@example.com"), 15, "the delay warning")
+        assert len(first) == 1
+        warn = first[0].read_text()
+        assert "Action: delayed" in warn and "Will-Retry-Until:" in warn
+        assert "Status: 4.3.0" in warn and "You do not need to resend" in warn
+        wait_queue_empty(env, 20)
+        msgs = wait_until(lambda: len(env.messages("alice@example.com")) >= 2 and
+                          env.messages("alice@example.com"), 10, "the expiry DSN")
+        assert len(msgs) == 2  # one warning, one failure: no repeated warnings
+        texts = [m.read_text() for m in msgs]
+        [final] = [t for t in texts if "Action: failed" in t]
+        assert "Status: 4.4.7" in final and "expired" in final and "451" in final
+    finally:
+        server.stop()
+
+
+def test_nonexistent_domain_bounces(tmp_path, fakenet):
+    env = _env(tmp_path, fakenet)
+    server = MailhubServer(env).start()
+    try:
+        inject(env, "alice@example.com", ["x@no-such-domain.test"], message("nx"))
+        [dsn] = wait_until(lambda: env.messages("alice@example.com"), 15, "the DSN")
+        text = dsn.read_text()
+        assert "Status: 5.1.2" in text and "does not exist" in text
+        wait_queue_empty(env)
+    finally:
+        server.stop()
+
+
+def test_connections_are_reused_within_the_domain_limit(tmp_path, fakenet):
+    n = 40
+    env = _env(tmp_path, fakenet, queue="max_connections_per_domain = 2")
+    spool = Spool(env.data_dir / "queue").create()
+    for i in range(n):
+        qid = new_queue_id()
+        spool.write_message(qid, message(f"reuse{i}"))
+        spool.write_envelope(Envelope(id=qid, sender="alice@example.com",
+                                      recipients=[Recipient(f"r{i}@pref.test")]))
+    server = MailhubServer(env).start()
+    try:
+        fakenet.wait_received("mx-a", n)
+        wait_queue_empty(env)
+    finally:
+        server.stop()
+    conns = int((fakenet.out / "mx-a" / "connections").read_text())
+    assert 1 <= conns <= 2
+    assert sorted(m["rcpts"][0] for m in fakenet.received("mx-a")) == sorted(
+        f"r{i}@pref.test" for i in range(n))
+    assert queue_ids(env) == []
