@@ -16,6 +16,11 @@ from pathlib import Path
 
 _registered: list[tuple[int, bool]] = []  # (pid, is_group_leader)
 _tmp_roots: list[str] = []
+_restore: list = []  # callables undoing temporary system tweaks (kernel limits)
+
+
+def on_cleanup(fn) -> None:
+    _restore.append(fn)
 
 
 def register(pid: int, group: bool = True) -> None:
@@ -213,6 +218,11 @@ def cleanup_all() -> list[int]:
         for pid in left:
             stopped.append(pid)
             stop_pid(pid, False, timeout=3)
+    while _restore:
+        try:
+            _restore.pop()()
+        except OSError:
+            pass
     return stopped
 
 

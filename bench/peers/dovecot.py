@@ -34,6 +34,31 @@ def raise_nofile(want: int) -> int:
     return max(soft, target)
 
 
+INOTIFY_INSTANCES = "/proc/sys/fs/inotify/max_user_instances"
+
+
+def raise_inotify_instances(want: int) -> None:
+    """Dovecot's IDLE (and imap-hibernate) need one inotify instance per session; the kernel's
+    default of 128 per user would make it fall back to polling. Raised for the run, restored
+    by procs.cleanup_all (a runtime sysctl, not a file in /etc)."""
+    try:
+        old = int(open(INOTIFY_INSTANCES).read())
+    except (OSError, ValueError):
+        return
+    if old >= want:
+        return
+    try:
+        with open(INOTIFY_INSTANCES, "w") as f:
+            f.write(str(want))
+    except OSError:
+        return
+
+    def restore():
+        with open(INOTIFY_INSTANCES, "w") as f:
+            f.write(str(old))
+    procs.on_cleanup(restore)
+
+
 class Dovecot:
     def __init__(self, root: Path, mail_base: Path, users: dict[str, str],
                  imap_port: int, pop3_port: int, hibernate: bool = False,
@@ -70,11 +95,6 @@ service imap-hibernate {{
   unix_listener imap-hibernate {{
     mode = 0660
     user = {pwd.getpwuid(self.uid).pw_name}
-  }}
-}}
-service imap-master {{
-  unix_listener imap-master {{
-    user = $default_internal_user
   }}
 }}
 service imap {{
@@ -156,6 +176,7 @@ service anvil {{
         self.conf.write_text(conf)
 
     def start(self, timeout: float = 30) -> None:
+        raise_inotify_instances(self.max_clients + 256)
         def raise_limits():
             raise_nofile(65536)
 
