@@ -141,6 +141,9 @@ class IMAPServerProtocol(Protocol):
         self._timer = None
         if self._idle_push_call is not None and self._idle_push_call.active():
             self._idle_push_call.cancel()
+        abort = getattr(self, "_abort_call", None)
+        if abort is not None and abort.active():
+            abort.cancel()
         self._deselect()
         if self._logout is not None:
             self._logout()
@@ -159,7 +162,24 @@ class IMAPServerProtocol(Protocol):
         self._timer = None
         self._out = [b"* BYE Autologout; idle for too long\r\n"]
         self._flush()
-        self.transport.loseConnection()
+        self._close()
+
+    def _close(self):
+        """Close after the output is written. The producer is unregistered first: a TLS
+        transport only sends close_notify once no producer is registered."""
+        t = self.transport
+        if t is None:
+            return
+        try:
+            t.unregisterProducer()
+        except Exception:
+            pass
+        t.loseConnection()
+        abort = getattr(t, "abortConnection", None)
+        if abort is not None:
+            call = self.ctx.reactor.callLater(10, lambda: abort() if self.transport is not None
+                                              and getattr(t, "connected", False) else None)
+            self._abort_call = call
 
     # producer interface: the transport pauses us when its buffer is full
     def pauseProducing(self):
@@ -292,7 +312,7 @@ class IMAPServerProtocol(Protocol):
             self._write(b"* BYE Selected mailbox was deleted\r\n")
             self._flush()
             self.state = LOGOUT
-            self.transport.loseConnection()
+            self._close()
             return
         self._out.extend(sel.updates(allow_expunge, self.condstore, self.qresync))
 
@@ -353,7 +373,7 @@ class IMAPServerProtocol(Protocol):
         self._write(f"{cmd.tag} OK Logout completed\r\n".encode())
         self._flush()
         self.state = LOGOUT
-        self.transport.loseConnection()
+        self._close()
 
     def cmd_id(self, cmd):
         items = cmd.args[0]
