@@ -16,7 +16,6 @@ from twisted.logger import Logger
 from mailhub.store.interfaces import StoreError
 
 log = Logger()
-THREAD_COPY_THRESHOLD = 1024 * 1024
 
 
 def trace_headers(sender: str, recipient: str) -> bytes:
@@ -25,59 +24,61 @@ def trace_headers(sender: str, recipient: str) -> bytes:
 
 
 class DeliveryAgent:
-    def __init__(self, store, directory=None):
+    def __init__(self, store, directory=None, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
         self.store = store
         self.directory = directory
+        self.reactor = reactor
 
     def deliver(self, sender: str, recipients: list[str], source: bytes | str | os.PathLike,
                 prefix: bytes = b"", folder: str = "INBOX") -> defer.Deferred:
         """Deliver to local user addresses. ``source`` is the message bytes or a file path
-        (CRLF line ends). Fires with [(address, key)] once all copies are durable."""
+        (CRLF line ends). Fires with [(address, key)] once all copies are durable.
+
+        Creating and filling the tmp/ files happens in a worker thread: a file create can
+        block for a millisecond or more on a busy disk, and on the reactor thread that would
+        stall every other session. The group commit then makes all copies durable at once."""
         recipients = list(dict.fromkeys(recipients))
         if not recipients:
             return defer.succeed([])
+        if self.reactor.running:
+            d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                          self._prepare, sender, recipients, source, prefix,
+                                          folder)
+        else:  # no reactor loop (scripts, tests): do it inline
+            d = defer.maybeDeferred(self._prepare, sender, recipients, source, prefix, folder)
+        d.addCallback(self.store.commit)
+        d.addCallback(lambda keys: list(zip(recipients, keys)))
+        return d
+
+    def _prepare(self, sender, recipients, source, prefix, folder):
+        """(worker thread) One filled MessageWriter per recipient, or StoreError and nothing
+        left behind."""
         writers = []
         try:
             for rcpt in recipients:
                 w = self.store.new_message(rcpt, folder)
                 writers.append(w)
                 w.write(trace_headers(sender, rcpt) + prefix)
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                data = bytes(source)
+                for w in writers:
+                    w.write(data)
+            else:
+                with open(source, "rb") as f:
+                    for w in writers:
+                        f.seek(0)
+                        _copy(f, w)
         except Exception as e:
             for w in writers:
                 w.abort()
-            return defer.fail(e if isinstance(e, StoreError) else StoreError(str(e)))
-
-        def fill() -> None:
-            if isinstance(source, (bytes, bytearray, memoryview)):
-                for w in writers:
-                    w.write(bytes(source))
-                return
-            with open(source, "rb") as f:
-                for w in writers:
-                    f.seek(0)
-                    _copy(f, w)
-
-        size = len(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.path.getsize(source)
-        if size > THREAD_COPY_THRESHOLD:
-            d = threads.deferToThread(fill)
-        else:
-            d = defer.maybeDeferred(fill)
-
-        def failed(f):
-            for w in writers:
-                w.abort()
-            if f.check(StoreError):
-                return f
-            if f.check(OSError):
-                raise StoreError(f"cannot store message: {f.value.strerror or f.value}")
-            return f
-
-        def commit(_):
-            return self.store.commit(writers)
-
-        d.addCallbacks(commit, failed)
-        d.addCallback(lambda keys: list(zip(recipients, keys)))
-        return d
+            if isinstance(e, StoreError):
+                raise
+            if isinstance(e, OSError):
+                raise StoreError(f"cannot store message: {e.strerror or e}") from e
+            raise StoreError(str(e)) from e
+        return writers
 
 
 def _copy(src: BinaryIO, writer) -> None:
