@@ -70,6 +70,8 @@ class DeliveryAgent:
                     for w in writers:
                         f.seek(0)
                         _copy(f, w)
+            for w in writers:
+                w.file.flush()  # the write syscalls here, not in commit() on the reactor
         except Exception as e:
             for w in writers:
                 w.abort()

@@ -128,3 +128,33 @@ def test_swaks_submission_starttls_auth_and_mx_pipelining(smtp_server, smtp_env)
         if l.startswith("Subject: "))
     assert subjects == ["Subject: swaks mx", "Subject: swaks submission",
                         "Subject: swaks submissions"]
+
+
+def test_submission_to_remote_goes_through_the_queue_end_to_end(tmp_path, server_factory):
+    """alice@example.com (server A) -> friend@elsewhere.example, whose MX is server B: A's
+    outbound queue relays via its smarthost setting to B's mx listener."""
+    from tests.smtp.conftest import add_users
+    env_b = MailhubEnv(tmp_path / "b", extra_toml=SERVER_TOML, hostname="mx.elsewhere.example")
+    add_users(env_b, {"friend@elsewhere.example": "friend-pw"})
+    server_b = server_factory(env_b).start()
+    env_a = setup_env(MailhubEnv(tmp_path / "a", extra_toml=SERVER_TOML + (
+        f'\n[outbound]\nsmarthost = "127.0.0.1:{server_b.port("mx")}"\n')))
+    server_a = server_factory(env_a).start()
+    s = client(server_a, "submission")
+    s.ehlo("laptop.example")
+    s.login("alice@example.com", "alice-pw")
+    assert s.sendmail("alice@example.com", ["friend@elsewhere.example", "bob@example.com"],
+                      b"Subject: to a friend\r\n\r\nhello\r\n") == {}
+    s.quit()
+    assert len(env_a.messages("bob@example.com")) == 1  # the local copy, at once
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not env_b.messages("friend@elsewhere.example"):
+        time.sleep(0.1)
+    [path] = env_b.messages("friend@elsewhere.example")
+    data = path.read_bytes()
+    assert data.startswith(b"Return-Path: <alice@example.com>\r\n")
+    assert b"Subject: to a friend\r\n" in data and data.endswith(b"\r\n\r\nhello\r\n")
+    assert data.count(b"Received: ") >= 2  # A's (ESMTPSA) and B's
+    assert b"with ESMTPA id" in data or b"with ESMTPSA id" in data
+    accepted = [l for l in server_a.log().splitlines() if "submission: accepted" in l]
+    assert len(accepted) == 1 and "queued=-" not in accepted[0]
