@@ -18,8 +18,10 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
 
 from mailhub.auth import IMailUser
 from mailhub.pop3server.maildrop import Maildrop
@@ -74,6 +76,7 @@ def is_loopback(host: str) -> bool:
     return ip.is_loopback
 
 
+@implementer(IPushProducer)
 class POP3Server(Protocol, TimeoutMixin):
     def __init__(self, factory):
         self.factory = factory
@@ -92,6 +95,8 @@ class POP3Server(Protocol, TimeoutMixin):
         self._delayed = None
         self._sender: MessageSender | None = None
         self._read_paused = False
+        self._out_paused = False     # the transport's write buffer is full
+        self._continue_call = None
         self._direct = False
         self.peer = "?"
 
@@ -102,6 +107,9 @@ class POP3Server(Protocol, TimeoutMixin):
         # round (one epoll wait fewer per command; see _flush)
         self._direct = isinstance(self.transport, tcp.Server) and not self.secure
         self.peer = getattr(self.transport.getPeer(), "host", "?")
+        # the session is the transport's producer: a client that does not read its replies
+        # pauses us (no more commands read, no more message chunks written)
+        self.transport.registerProducer(self, True)
         self.setTimeout(self.factory.idle_timeout or None)
         log.info("pop3 connect from {peer} on {listener}", peer=self.peer,
                  listener=self.factory.listener)
@@ -113,9 +121,11 @@ class POP3Server(Protocol, TimeoutMixin):
         if self._delayed is not None and self._delayed.active():
             self._delayed.cancel()
         self._delayed = None
+        if self._continue_call is not None and self._continue_call.active():
+            self._continue_call.cancel()
+        self._continue_call = None
         if self._sender is not None:
-            self._sender.stopProducing()
-            self._sender = None
+            self._sender.close(completed=False)
         pending = 0
         if self.drop is not None and self.state == TRANSACTION:
             pending = sum(self.drop.deleted)
@@ -135,13 +145,66 @@ class POP3Server(Protocol, TimeoutMixin):
         log.info("pop3 idle timeout {peer} {address}", peer=self.peer,
                  address=self.address or "(not logged in)")
         self.closing = True
-        if self._sender is not None:
-            # the client stopped reading a message for the whole timeout
+        if self._sender is not None or self._out_paused:
+            # the client stopped reading for the whole timeout: a polite close would wait
+            # for it forever
             self.transport.abortConnection()
             return
         self.transport.write(b"-ERR Disconnected for inactivity\r\n")
+        self._close()
+
+    def _close(self) -> None:
+        """Close after the pending replies (a transport waits for its producer to be
+        unregistered before closing, the TLS one even when the producer is not paused)."""
+        self.closing = True
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
+    # -- IPushProducer (for the transport) ----------------------------------------------------
+    def pauseProducing(self):
+        self._out_paused = True
+        self._update_reading()
+
+    def resumeProducing(self):
+        self._out_paused = False
+        self._update_reading()
+        # not from inside the transport's doWrite: continue on the next reactor turn
+        if self._continue_call is None and not self.closing:
+            self._continue_call = self.factory.reactor.callLater(0, self._continue)
+
+    def stopProducing(self):
+        self.closing = True
+        if self._sender is not None:
+            self._sender.close(completed=False)
+
+    def _paused(self) -> bool:
+        return self._out_paused or self.closing
+
+    def _continue(self) -> None:
+        self._continue_call = None
+        if self._paused():
+            return
+        if self._sender is not None:
+            self.resetTimeout()  # the client is reading: a long transfer is not idleness
+            self._sender.pump(self._paused)
+        self._drain()
+
+    def _update_reading(self) -> None:
+        """Stop reading from the socket while more than MAX_PENDING_INPUT octets of
+        commands wait unprocessed (behind a long operation, or because the client does not
+        read its replies). Only then: pausing the socket under a TLS wrapper also stops the
+        TLS layer (a handshake pauses the session's output until it completes)."""
+        if self.closing:
+            return
+        want = (self.busy or self._out_paused) and len(self.lines) > MAX_PENDING_INPUT
+        if want != self._read_paused:
+            self._read_paused = want
+            if want:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+
+    # -- input -------------------------------------------------------------------------------
     def dataReceived(self, data):
         if self.closing:
             return
@@ -151,7 +214,7 @@ class POP3Server(Protocol, TimeoutMixin):
 
     def _drain(self) -> None:
         lines = self.lines
-        while not self.busy and not self.closing:
+        while not self.busy and not self._out_paused and not self.closing:
             line = lines.next()
             if line is None:
                 break
@@ -178,23 +241,15 @@ class POP3Server(Protocol, TimeoutMixin):
             method(self, args, line)
         if self._direct:
             self._flush()
-        if self.closing:
-            return
-        if self.busy and len(lines) > MAX_PENDING_INPUT and not self._read_paused:
-            self._read_paused = True
-            self.transport.pauseProducing()
-        elif self._read_paused and not self.busy:
-            self._read_paused = False
-            self.transport.resumeProducing()
+        self._update_reading()
 
     def _flush(self) -> None:
         """Send what the replies just wrote now, from this reactor callback, rather than
         when the reactor next polls for writability: a request/response client (poplib,
         fetchmail) waits on every reply, so that extra round costs throughput. Only on a
-        plain TCP transport with no producer and no close in progress."""
+        plain TCP transport with no close in progress."""
         t = self.transport
-        if t.producer is None and not t.disconnecting and t.connected and \
-                getattr(t, "_tempDataLen", 0):
+        if not t.disconnecting and t.connected and getattr(t, "_tempDataLen", 0):
             t.doWrite()
 
     def _resume(self) -> None:
@@ -395,8 +450,7 @@ class POP3Server(Protocol, TimeoutMixin):
                 self.transport.write(b"+OK Logging out, %d messages deleted\r\n" % (removed + gone))
         else:
             self.transport.write(b"+OK Logging out\r\n")
-        self.closing = True
-        self.transport.loseConnection()
+        self._close()
 
     # -- TRANSACTION -------------------------------------------------------------------------
     def _msg(self, arg: bytes) -> int | None:
@@ -512,16 +566,18 @@ class POP3Server(Protocol, TimeoutMixin):
 
         def done(completed: bool) -> None:
             self._sender = None
-            if completed and top is None:
+            if self.closing:
+                return
+            if not completed:  # a read error: the response cannot be finished truthfully
+                self.closing = True
+                self.transport.abortConnection()
+                return
+            if top is None:
                 drop.retrieved[i] = 1
-            if not self.closing:
-                self.resetTimeout()
-                self.busy = False
-                # not from inside the transport's producer callback
-                self.factory.reactor.callLater(0, self._resume)
+            self.busy = False  # whoever pumped (_drain or _continue) reads on
 
-        self._sender = MessageSender(self.transport, f, chunks, done, self.resetTimeout)
-        self._sender.start()
+        self._sender = MessageSender(self.transport.write, f, chunks, done)
+        self._sender.pump(self._paused)
 
     def do_DELE(self, args, line):
         if not self._argc(args, 1, 1):

@@ -307,35 +307,91 @@ def test_pipelined_commands_answered_in_order(env):
     assert i_retr < i_dele < i_list < out.rindex(b"+OK\r\n")
 
 
-def test_large_message_streams_through_producer(env):
+class PausingTransport(StringTransport):
+    """Pauses its producer once more than ``limit`` octets wait, like a TCP transport whose
+    client does not read; ``drain()`` takes the data and resumes it."""
+
+    limit = 100_000
+    out_paused = False
+
+    def write(self, data):
+        super().write(data)
+        if self.producer is not None and not self.out_paused and \
+                len(self.io.getvalue()) > self.limit:
+            self.out_paused = True
+            self.producer.pauseProducing()
+
+    def drain(self, clock) -> bytes:
+        out = self.value()
+        self.clear()
+        if self.out_paused:
+            self.out_paused = False
+            self.producer.resumeProducing()
+            assert self.producerState == "producing"
+            clock.advance(0)
+        return out
+
+
+def test_large_message_streams_with_backpressure(env):
     big = b"Subject: big\r\n\r\n" + b"".join(
         (b".dotted line %d\r\n" % i) if i % 7 == 0 else (b"line %d\r\n" % i)
         for i in range(40000))
     assert len(big) > 256 * 1024
     deliver(env, USER, [big, make_message(2)])
-    s = env.connect()
-    s.login()
-    s.proto.dataReceived(b"RETR 1\r\nNOOP\r\n")
-    assert s.tr.producer is not None             # streaming, NOOP waits
-    out = []
-    while s.tr.producer is not None:
-        s.tr.producer.resumeProducing()
-        out.append(s.take())
-    env.clock.advance(0)                          # the session reads on after the message
-    out.append(s.take())
-    wire = b"".join(out)
+    proto = env.factory.buildProtocol(None)
+    tr = PausingTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    proto.makeConnection(tr)
+    assert tr.producer is proto and tr.streaming
+    proto.dataReceived(b"USER %s\r\nPASS %s\r\n" % (USER.encode(), PASSWORD.encode()))
+    tr.clear()
+    proto.dataReceived(b"RETR 1\r\nNOOP\r\n")
+    chunks = []
+    while True:
+        assert len(tr.value()) <= PausingTransport.limit + 2 * 65536   # bounded buffering
+        out = tr.drain(env.clock)
+        if not out:
+            break
+        chunks.append(out)
+    assert len(chunks) > 3
+    wire = b"".join(chunks)
     head, _, rest = wire.partition(b"\r\n")
     assert head == b"+OK %d octets" % len(big)
     body, _, after = rest.partition(b"\r\n.\r\n")
-    assert after == b"+OK\r\n"
+    assert after == b"+OK\r\n"                     # the NOOP waited for the message
     assert body + b"\r\n" == big.replace(b"\r\n.", b"\r\n..")
-    s.proto.dataReceived(b"TOP 1 2\r\n")
-    top = s.take()
-    while s.tr.producer is not None:
-        s.tr.producer.resumeProducing()
-        top += s.take()
+    proto.dataReceived(b"TOP 1 2\r\n")
+    top = b""
+    while True:
+        out = tr.drain(env.clock)
+        if not out:
+            break
+        top += out
     assert top == b"+OK Top of message follows\r\nSubject: big\r\n\r\n..dotted line 0\r\n" \
         b"line 1\r\n.\r\n"
+
+
+def test_replies_stop_while_the_client_does_not_read(env):
+    deliver(env, USER, [make_message(1, 50_000)])
+    proto = env.factory.buildProtocol(None)
+    tr = PausingTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    proto.makeConnection(tr)
+    proto.dataReceived(b"USER %s\r\nPASS %s\r\n" % (USER.encode(), PASSWORD.encode()))
+    tr.clear()
+    proto.dataReceived(b"RETR 1\r\n" * 1000)
+    # paused after about 100 kB of replies: the rest of the commands wait unprocessed
+    assert len(tr.value()) < 200_000
+    assert tr.producerState == "producing"        # 8 kB of commands: still reading
+    proto.dataReceived(b"NOOP\r\n" * 10000)
+    assert tr.producerState == "paused"           # > 64 kB waiting: stop reading
+    total = 0
+    while True:
+        out = tr.drain(env.clock)
+        if not out:
+            break
+        total += len(out)
+    assert tr.producerState == "producing"
+    assert total == 1000 * (len(b"+OK %d octets\r\n" % len(make_message(1, 50_000)))
+                            + len(make_message(1, 50_000)) + 3) + 10000 * len(b"+OK\r\n")
 
 
 def test_user_without_mail_tree_has_an_empty_maildrop(env):
