@@ -55,9 +55,7 @@ class SMTPFactory(ServerFactory):
         self.per_ip[ip] += 1
         return True
 
-    def connection_closed(self, ip: str, counted: bool = True) -> None:
-        if not counted:
-            return
+    def connection_closed(self, ip: str) -> None:
         self.per_ip[ip] -= 1
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]

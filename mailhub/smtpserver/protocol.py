@@ -70,6 +70,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
         self._discarding = False
         self._closing = False
         self._rejected = False
+        self._counted = False
         self._sasl = None          # pending SASL continuation handler
         self.helo: str | None = None
         self.esmtp = False
@@ -105,16 +106,23 @@ class ESMTPServer(Protocol, TimeoutMixin):
                                        "from your address"))
             self.transport.loseConnection()
             return
+        self._counted = True
         self.setTimeout(f.idle_timeout)
         self._send(220, None, f"{f.hostname} ESMTP mailhub")
+
+    def _release_slot(self) -> None:
+        """Give back this IP's connection slot (once). Done as soon as we decide to close:
+        a client that got our 221 may reconnect before the socket is actually closed."""
+        if self._counted:
+            self._counted = False
+            self.factory.connection_closed(self.peer_ip)
 
     def connectionLost(self, reason=None) -> None:
         self.setTimeout(None)
         self._closing = True
+        self._release_slot()
         if self._rejected:
-            self.factory.connection_closed(self.peer_ip, counted=False)
             return
-        self.factory.connection_closed(self.peer_ip)
         self._drop_sink()
         log.info("{listener}: disconnect from [{ip}]:{port} helo={helo} tls={tls} user={user} "
                  "messages={n} commands={c} errors={e} seconds={s:.3f}",
@@ -132,6 +140,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
     def _close(self) -> None:
         self._closing = True
         self._buf = b""
+        self._release_slot()
         self.transport.loseConnection()
 
     # -- output --------------------------------------------------------------------------

@@ -193,6 +193,14 @@ def test_connection_cap_per_ip(make_unit):
     d = Session(u.factory())
     assert d.take().startswith("220 ")
     assert u.factory().per_ip["127.0.0.1"] == 2
+    # the slot is free as soon as the server says 221, before the socket is closed
+    b.send("QUIT\r\n")
+    assert b.codes() == ["221 2.0.0 Bye"] and b.transport.disconnecting
+    assert u.factory().per_ip["127.0.0.1"] == 1
+    e = Session(u.factory())
+    assert e.take().startswith("220 ")
+    b.lose()
+    assert u.factory().per_ip["127.0.0.1"] == 2
 
 
 def test_submission_requires_auth_and_checks_sender(smtp_unit):
