@@ -3,6 +3,7 @@ when ``mailhub domain add`` adds a domain (a DOMAIN_ADDED_HOOKS entry)."""
 from __future__ import annotations
 
 import re
+import sys
 
 from mailhub.cli import directory_cmds
 from mailhub.cli.context import open_context
@@ -48,8 +49,9 @@ def generate_key(ctx, domain: str) -> str:
 
 def _on_domain_added(ctx, domain: str) -> None:
     selector = generate_key(ctx, domain)
-    print(f"DKIM key generated for {domain} (selector {selector}); publish the DNS records "
-          f"shown by: mailhub dns-records {domain}")
+    # on stderr: stdout of `domain add` stays the one line scripts expect
+    print(f"note: DKIM key generated for {domain} (selector {selector}); publish the DNS "
+          f"records shown by: mailhub dns-records {domain}", file=sys.stderr)
 
 
 if _on_domain_added not in directory_cmds.DOMAIN_ADDED_HOOKS:

@@ -317,6 +317,9 @@ class OutboundQueue:
         job = self._next_job(dest)
         if job is not None or not self.running:
             return job
+        if self.total_workers >= self.max_total and any(
+                q for other, q in self.ready.items() if other != dest):
+            return None  # at the global limit: free the slot for a destination that waits
         d = defer.Deferred()
         self.idle.setdefault(dest, []).append(d)
         timer = self.reactor.callLater(IDLE_KEEP, lambda: d.called or d.callback(None))
