@@ -274,8 +274,9 @@ def load(path: str | os.PathLike | None = None, *, check_paths: bool = True) -> 
             "self-signed certificate in the data dir"
         )
     out = sections["outbound"]
-    if out["smarthost_password_file"]:
-        out["smarthost_password_file"] = str((base_dir / out["smarthost_password_file"]).resolve())
+    for k in ("smarthost_password_file", "tls_ca_file"):
+        if out[k]:
+            out[k] = str((base_dir / out[k]).resolve())
     for name in LISTENER_NAMES:
         for desc in sections["listen"][name]:
             if not desc.strip():

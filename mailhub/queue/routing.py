@@ -60,7 +60,10 @@ class Router:
 
     def destination(self, domain: str) -> str:
         """The key mail is grouped (and connections pooled) by."""
-        return SMARTHOST if self.smarthost else domain.lower()
+        domain = domain.lower()
+        if domain in self.routes:  # like Postfix: transport_maps win over relayhost
+            return domain
+        return SMARTHOST if self.smarthost else domain
 
     @defer.inlineCallbacks
     def targets(self, dest: str):

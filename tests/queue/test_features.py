@@ -123,3 +123,22 @@ def test_require_tls_with_trusted_certificate_delivers(tmp_path, fakenet):
         assert "mx.fake.test[127.0.0.4]" in server.log() and "(TLS, verified)" in server.log()
     finally:
         server.stop()
+
+
+def test_routes_override_mx_and_smarthost(tmp_path, relaynet):
+    secret = tmp_path / "smarthost.secret"
+    secret.write_text("s3cret pw\n")
+    env, server = _server(tmp_path, relaynet, outbound=(
+        f'smarthost = "127.0.0.6:{relaynet.smtp_port}"\nsmarthost_username = "mailhub"\n'
+        f'smarthost_password_file = "{secret}"\n'),
+        routes=f'"pref.test" = "[127.0.0.3]:{relaynet.smtp_port}"')
+    try:
+        inject(env, "alice@example.com", ["x@pref.test", "y@down.test"], message("routed"))
+        # pref.test's MX is mx-a, but the route sends it to 127.0.0.3 (mx-b) directly
+        [direct] = relaynet.wait_received("mx-b", 1)
+        [relayed] = relaynet.wait_received("relay", 1)
+        assert direct["rcpts"] == ["x@pref.test"] and relayed["rcpts"] == ["y@down.test"]
+        wait_queue_empty(env)
+        assert relaynet.received("mx-a") == []
+    finally:
+        server.stop()
