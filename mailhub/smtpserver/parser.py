@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -25,9 +26,17 @@ class SMTPError(Exception):
         self.text = text
 
 
+@functools.lru_cache(maxsize=256)
+def _single(code: int, enhanced: str | None, text: str) -> bytes:
+    body = f"{enhanced} {text}" if enhanced else text
+    return f"{code} {body}\r\n".encode("utf-8", "surrogateescape")
+
+
 def reply(code: int, enhanced: str | None, text: str | list[str]) -> bytes:
     """One reply, multi-line when ``text`` is a list (RFC 5321 4.2.1, RFC 2034 codes)."""
-    lines = text if isinstance(text, list) else [text]
+    if isinstance(text, str):
+        return _single(code, enhanced, text)
+    lines = text
     out = []
     for i, line in enumerate(lines):
         sep = " " if i == len(lines) - 1 else "-"
@@ -68,6 +77,7 @@ _DOMAIN = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
 _LITERAL = re.compile(r"^\[[\x21-\x5a\x5e-\x7e]+\]$")
 _ROUTE = re.compile(rf"^@[^,:@]+(,@[^,:@]+)*:")
 _KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]*$")
+_BAD_CHAR = re.compile("[\x00-\x1f\x7f\udc80-\udcff]")
 
 
 def _split_path(s: str) -> tuple[str, str]:
@@ -98,7 +108,7 @@ def _split_path(s: str) -> tuple[str, str]:
 
 def check_mailbox(addr: str) -> None:
     """ValueError unless ``addr`` is a syntactically valid RFC 5321/6531 mailbox."""
-    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xDC80 <= ord(c) <= 0xDCFF for c in addr):
+    if _BAD_CHAR.search(addr):
         raise ValueError("control or undecodable character")
     local, at, domain = addr.rpartition("@")
     if not at or not local or not domain:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import os
+import re
 import time
 from email.utils import formatdate
 
@@ -51,9 +52,12 @@ def new_queue_id() -> str:
     return f"{int(t):X}{int((t % 1) * 1e6):05X}{next(_qseq) % 0x1000:03X}"
 
 
+_HELO_UNSAFE = re.compile(r"[^\x21-\x7e]|[()\\;]")
+
+
 def _clean_helo(helo: str) -> str:
-    s = "".join(c if 0x21 <= ord(c) < 0x7F and c not in "()\\;" else "?" for c in helo)
-    return s[:255] or "unknown"
+    """The HELO name as it may appear in a Received: header (no comments, no controls)."""
+    return _HELO_UNSAFE.sub("?", helo)[:255] or "unknown"
 
 
 class ESMTPServer(Protocol, TimeoutMixin):
