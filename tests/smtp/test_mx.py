@@ -232,3 +232,29 @@ def test_store_error_452_and_server_survives(smtp_server, smtp_env):
     s.quit()
     assert len(smtp_env.messages("alice@example.com")) == 1
     assert "store error" in smtp_server.log()
+
+
+def test_idle_client_sees_smtp_delivery_at_once(smtp_server, smtp_env):
+    """The MDA's commit notifies the store's events: an IMAP IDLE session learns at once."""
+    imapclient = pytest.importorskip("imapclient")
+    if "imap" not in smtp_server.ports:
+        pytest.skip("no IMAP listener in this build")
+    imap = imapclient.IMAPClient("127.0.0.1", port=smtp_server.port("imap"), ssl=False,
+                                 timeout=10)
+    imap.login("alice@example.com", "alice-pw")
+    imap.select_folder("INBOX")
+    imap.idle()
+    try:
+        s = client(smtp_server)
+        s.ehlo("client.example")
+        t0 = time.monotonic()
+        assert s.sendmail("a@remote.example", ["alice@example.com"],
+                          b"Subject: push\r\n\r\nx\r\n") == {}
+        s.quit()
+        responses = imap.idle_check(timeout=5)
+        elapsed = time.monotonic() - t0
+    finally:
+        imap.idle_done()
+        imap.logout()
+    assert any(r[1] == b"EXISTS" for r in responses if len(r) > 1), responses
+    assert elapsed < 3
