@@ -19,7 +19,7 @@ def fails(result, needle):
 
 
 def test_domains(env):
-    assert env.cli("domain", "add", "Example.COM.").stdout.strip() == "domain example.com added"
+    assert "domain example.com added" in env.cli("domain", "add", "Example.COM.").stdout.splitlines()
     env.cli("domain", "add", "bücher.example")
     assert env.cli("domain", "list").stdout.split() == ["example.com", "xn--bcher-kva.example"]
     fails(env.cli("domain", "add", "example.com", check=False), "already exists")
