@@ -41,6 +41,7 @@ LINE, DATA, BDAT = 0, 1, 2
 COMMAND_LIMIT = 512            # RFC 5321 4.5.3.1.4, including CRLF
 MAIL_RCPT_LIMIT = 512 + 500    # + RFC 1870 SIZE= and RFC 4954 AUTH= parameters, SMTPUTF8
 AUTH_LIMIT = 12288             # RFC 4954 section 4
+ABORT_AFTER = 5.0              # seconds from an idle-timeout 421 to a hard close
 PAUSE_BUFFER = 1024 * 1024     # stop reading when this much input waits behind a reply
 
 _qseq = itertools.count(1)
@@ -75,6 +76,8 @@ class ESMTPServer(Protocol, TimeoutMixin):
         self._closing = False
         self._rejected = False
         self._counted = False
+        self._lost = False
+        self._abort_call = None
         self._sasl = None          # pending SASL continuation handler
         self.helo: str | None = None
         self.esmtp = False
@@ -108,7 +111,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
                      "this address", listener=f.listener, ip=self.peer_ip)
             self.transport.write(reply(421, "4.7.0", f"{f.hostname} Error: too many connections "
                                        "from your address"))
-            self.transport.loseConnection()
+            self._close()
             return
         self._counted = True
         self.setTimeout(f.idle_timeout)
@@ -122,6 +125,9 @@ class ESMTPServer(Protocol, TimeoutMixin):
             self.factory.connection_closed(self.peer_ip)
 
     def connectionLost(self, reason=None) -> None:
+        self._lost = True
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
         self.setTimeout(None)
         self._closing = True
         self._release_slot()
@@ -141,11 +147,20 @@ class ESMTPServer(Protocol, TimeoutMixin):
         self._send(421, "4.4.2", f"{self.factory.hostname} Error: timeout exceeded")
         self._close()
 
+    def _abort(self) -> None:
+        self._abort_call = None
+        if not self._lost:
+            self.transport.abortConnection()
+
     def _close(self) -> None:
         self._closing = True
         self._buf = b""
         self._release_slot()
         self.transport.loseConnection()
+        # a TLS session whose handshake never finished cannot flush our last reply, and a
+        # client may simply not read it: do not wait for ever
+        if self._abort_call is None and not self._lost:
+            self._abort_call = self.factory.reactor.callLater(ABORT_AFTER, self._abort)
 
     # -- output --------------------------------------------------------------------------
     def _send(self, code: int, enhanced: str | None, text) -> None:

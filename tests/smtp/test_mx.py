@@ -258,3 +258,16 @@ def test_idle_client_sees_smtp_delivery_at_once(smtp_server, smtp_env):
         imap.logout()
     assert any(r[1] == b"EXISTS" for r in responses if len(r) > 1), responses
     assert elapsed < 3
+
+
+def test_idle_timeout_on_implicit_tls_without_handshake(smtp_server):
+    """A client that opens the submissions port and never starts TLS is still dropped."""
+    sock = socket.create_connection(("127.0.0.1", smtp_server.port("submissions")), timeout=15)
+    t0 = time.monotonic()
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    assert time.monotonic() - t0 < 12  # idle_timeout (3 s) + the abort grace (5 s)
+    sock.close()
