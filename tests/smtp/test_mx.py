@@ -147,6 +147,8 @@ def test_bdat_raw_commands(smtp_server, smtp_env):
 
 def test_corpus_messages_roundtrip(smtp_server, smtp_env):
     files = sorted(CORPUS.glob("*.eml"))[:25]
+    if not files:
+        pytest.skip(f"the shared mail corpus is not next to this checkout ({CORPUS})")
     s = client(smtp_server)
     s.ehlo("client.example")
     expected = []
