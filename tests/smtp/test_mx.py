@@ -272,3 +272,23 @@ def test_idle_client_sees_smtp_delivery_at_once(smtp_server, smtp_env):
     assert any(r[1] == b"EXISTS" for r in responses if len(r) > 1), responses
     assert elapsed < 3
 
+
+
+def test_raw_data_dots_bare_lf_long_lines_and_8bit(smtp_server, smtp_env):
+    """What a sloppy client puts on the wire ends up in the Maildir as CRLF, unstuffed."""
+    s = client(smtp_server)
+    s.ehlo("client.example")
+    assert s.mail("sloppy@remote.example")[0] == 250
+    assert s.rcpt("alice@example.com")[0] == 250
+    assert s.docmd("DATA")[0] == 354
+    long_line = b"L" * 5000
+    s.send(b"Subject: raw\n\n..leading dot\nbare lf line\r\n" + long_line + b"\n"
+           b"8bit: \xc3\xa4\xff\r\n.\n"  # "." after bare LF is not the end
+           b"...\r\n.\r\n")
+    code, text = s.getreply()
+    assert code == 250, text
+    s.quit()
+    [path] = smtp_env.messages("alice@example.com")
+    data = path.read_bytes()
+    assert data.endswith(b"Subject: raw\r\n\r\n.leading dot\r\nbare lf line\r\n" + long_line
+                         + b"\r\n8bit: \xc3\xa4\xff\r\n\r\n..\r\n")
