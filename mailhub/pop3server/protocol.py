@@ -4,7 +4,8 @@ RFC 5034 AUTH PLAIN), written on ``Protocol`` rather than twisted.mail.pop3.POP3
 States: AUTHORIZATION (CAPA, STLS, USER/PASS, AUTH PLAIN, QUIT) and TRANSACTION (STAT, LIST,
 UIDL, RETR, TOP, DELE, RSET, NOOP, CAPA, QUIT); QUIT in TRANSACTION is the UPDATE state.
 Commands are handled one at a time in order: while a login is being checked, a failure is
-being delayed or a large message is streaming, later (pipelined) lines wait in the buffer.
+being delayed, a large message is streaming or the client is not reading its replies (the
+session is the transport's push producer), later (pipelined) lines wait in the buffer.
 """
 from __future__ import annotations
 

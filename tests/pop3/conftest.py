@@ -1,4 +1,4 @@
-"""POP3 test helpers: put mail in a mailbox through the store, and a started server with users.
+"""POP3 test helpers: put mail in a mailbox through the store, and build test messages.
 
 ``deliver(env, addr, messages)`` writes through ``MailStore.deliver_bytes`` in this process:
 the store's group committer runs in its own thread and fires through ``callFromThread``, so
@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 from mailhub.store import MailStore
 from mailhub.store.commit import GroupCommitter
-from tests.conftest import MailhubServer
 
 PASSWORD = "pop-secret-1"
 
@@ -48,14 +45,3 @@ def make_message(i: int, size: int = 0, subject: str | None = None) -> bytes:
         n = (size - len(head) - len(body)) // len(filler)
         body += filler * n
     return (head + body).encode()
-
-
-@pytest.fixture
-def pop_server(mh_env):
-    """A started server with user@pop.test (password PASSWORD) and other@pop.test."""
-    mh_env.add_user("user@pop.test", PASSWORD)
-    mh_env.add_user("other@pop.test", PASSWORD)
-    server = MailhubServer(mh_env)
-    server.start()
-    yield server
-    server.stop()
