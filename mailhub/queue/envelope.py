@@ -86,6 +86,18 @@ def needs_smtputf8(sender: str, recipients: list[str], head: bytes) -> bool:
     return True
 
 
+def wire_address(addr: str) -> str:
+    """The address as sent in MAIL/RCPT: an internationalised domain as its A-label, so
+    only a non-ASCII local part needs SMTPUTF8."""
+    local, at, domain = addr.rpartition("@")
+    if not at or domain.isascii():
+        return addr
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        return addr
+
+
 def header_section(data: bytes) -> bytes:
     end = data.find(b"\r\n\r\n")
     if end < 0:
@@ -94,4 +106,4 @@ def header_section(data: bytes) -> bytes:
 
 
 __all__ = ["Envelope", "Recipient", "PENDING", "SENT", "FAILED", "new_queue_id",
-           "retry_delay", "needs_smtputf8", "header_section"]
+           "retry_delay", "needs_smtputf8", "header_section", "wire_address"]

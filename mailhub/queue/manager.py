@@ -32,7 +32,7 @@ from mailhub.dns import DNSPermanentError, DNSTemporaryError, NullMX
 from mailhub.queue.bounce import build_dsn
 from mailhub.queue.envelope import (
     FAILED, PENDING, SENT, Envelope, Recipient, header_section, needs_smtputf8, new_queue_id,
-    retry_delay,
+    retry_delay, wire_address,
 )
 from mailhub.queue.interfaces import IOutboundQueue
 from mailhub.queue.smtpclient import ClientSession, SessionError
@@ -461,8 +461,9 @@ class OutboundQueue:
         except OSError as e:
             self._set(job, job.rcpts, PENDING, "4.3.0", f"cannot read the queued message: {e}", "")
             return None
-        addrs = [r.addr for r in job.rcpts]
-        utf8 = needs_smtputf8(env.sender, addrs, header_section(data))
+        addrs = [wire_address(r.addr) for r in job.rcpts]
+        sender = wire_address(env.sender)
+        utf8 = needs_smtputf8(sender, addrs, header_section(data))
         if utf8 and "SMTPUTF8" not in session.ext:
             self._set(job, job.rcpts, FAILED, "5.6.7",
                       f"the message needs SMTPUTF8 (internationalised addresses or headers) "
@@ -475,7 +476,7 @@ class OutboundQueue:
                       mta)
             return None
         try:
-            res = yield session.send(env.sender, addrs, data, eight_bit=is_8bit(data),
+            res = yield session.send(sender, addrs, data, eight_bit=is_8bit(data),
                                      smtputf8=utf8)
         except SessionError as e:
             log.info("{qid}: {label}: {err}", qid=job.qid, label=session.label, err=str(e))
@@ -628,7 +629,8 @@ class OutboundQueue:
                      qid=env.id, n=len(rcpts))
             return
         try:
-            head = header_section(self.spool.read_message(env.id)[:256 * 1024])
+            with open(self.spool.message_path(env.id), "rb") as f:
+                head = header_section(f.read(256 * 1024))
         except OSError:
             head = b""
         retry_until = env.created + self.max_age if action == "delayed" else None

@@ -10,7 +10,7 @@ import pytest
 from mailhub.dns.resolver import parse_nameserver
 from mailhub.queue.bounce import build_dsn
 from mailhub.queue.envelope import (
-    FAILED, Envelope, Recipient, header_section, needs_smtputf8, retry_delay,
+    FAILED, Envelope, Recipient, header_section, needs_smtputf8, retry_delay, wire_address,
 )
 from mailhub.queue.routing import parse_hostport
 from mailhub.queue.smtpwire import (
@@ -85,6 +85,11 @@ def test_smtputf8_detection():
     # legacy 8-bit headers that are not UTF-8 do not require SMTPUTF8
     assert not needs_smtputf8("a@x.test", ["a@b.test"], b"Subject: caf\xe9\r\n\r\n")
     assert header_section(b"A: 1\r\nB: 2\r\n\r\nbody") == b"A: 1\r\nB: 2\r\n"
+    # an IDN domain goes out as its A-label; only a UTF-8 local part needs SMTPUTF8
+    assert wire_address("a@bücher.test") == "a@xn--bcher-kva.test"
+    assert wire_address("josé@bücher.test") == "josé@xn--bcher-kva.test"
+    assert wire_address("") == ""
+    assert not needs_smtputf8("", [wire_address("a@bücher.test")], b"Subject: x\r\n\r\n")
 
 
 def test_dsn_structure():
