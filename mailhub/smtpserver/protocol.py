@@ -142,6 +142,9 @@ class ESMTPServer(Protocol, TimeoutMixin):
                  c=self.n_commands, e=self.errors, s=time.monotonic() - self.started)
 
     def timeoutConnection(self) -> None:
+        if self._busy:  # we are the slow side (a long delivery): not the client's idleness
+            self.resetTimeout()
+            return
         log.info("{listener}: idle timeout for [{ip}]", listener=self.factory.listener,
                  ip=self.peer_ip)
         self._send(421, "4.4.2", f"{self.factory.hostname} Error: timeout exceeded")

@@ -339,3 +339,17 @@ def test_disconnect_mid_data_leaves_no_spool_file(smtp_unit):
     s.lose()
     assert list(smtp_unit.factory().spool_dir.iterdir()) == []
     assert smtp_unit.mda.calls == []
+
+
+def test_idle_timer_does_not_fire_while_delivery_is_pending(make_unit):
+    u = make_unit("[smtp]\nidle_timeout = 30\n")
+    s = u.session()
+    ehlo(s)
+    s.send("MAIL FROM:<x@r.example>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\nx\r\n.\r\n")
+    s.take()
+    u.clock.advance(45)  # the store is slow
+    assert s.take() == "" and not s.transport.disconnecting
+    u.mda.calls[0][3].callback([("alice@example.com", "k")])
+    assert s.codes()[0].startswith("250 2.0.0 Ok: queued")
+    u.clock.advance(31)
+    assert s.codes() == ["421 4.4.2 mx.test.example Error: timeout exceeded"]
