@@ -143,7 +143,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
 
     def timeoutConnection(self) -> None:
         if self._busy:  # we are the slow side (a long delivery): not the client's idleness
-            self.resetTimeout()
+            self.setTimeout(self.factory.idle_timeout)  # the fired timer is gone: re-arm
             return
         log.info("{listener}: idle timeout for [{ip}]", listener=self.factory.listener,
                  ip=self.peer_ip)
