@@ -98,6 +98,7 @@ class OutboundQueue:
         self._dirsync_running = False
         self.running = False
         self.delivered = 0
+        self._drained: list[defer.Deferred] = []
 
     # ---------------------------------------------------------------- life cycle
     def start(self) -> None:
@@ -115,15 +116,30 @@ class OutboundQueue:
                  debris=f", {n} partial file(s) removed" if n else "")
         self._arm()
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 5.0) -> defer.Deferred:
+        """Start no new transaction; let those under way finish (at most ``grace`` seconds,
+        so a remote 250 is recorded rather than lost to a restart) and the envelope writes
+        land. Fires when done."""
         self.running = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        for waiters in self.idle.values():
+        waiting, self.idle = self.idle, {}
+        for waiters in waiting.values():
             for d in waiters:
-                d.callback(None)
-        self.idle.clear()
+                if not d.called:
+                    d.callback(None)
+        drained = defer.Deferred()
+        if self.total_workers == 0:
+            drained.callback(None)
+        else:
+            self._drained.append(drained)
+            timer = self.reactor.callLater(grace, lambda: drained.called or drained.callback(None))
+            drained.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+        writes = list(self._writes.values())
+        if writes:
+            drained.addCallback(lambda _: defer.DeferredList(writes, consumeErrors=True))
+        return drained
 
     # ---------------------------------------------------------------- enqueue
     def enqueue(self, sender, recipients, message_path, dkim_domain=None):
@@ -288,6 +304,8 @@ class OutboundQueue:
             self._pump(dest)
 
     def _pump(self, dest: str) -> None:
+        if not self.running:
+            return
         q = self.ready.get(dest)
         while q:
             waiters = self.idle.get(dest)
@@ -304,6 +322,8 @@ class OutboundQueue:
                 lambda f, dest=dest: log.failure("queue worker for {dest} crashed", f, dest=dest))
 
     def _next_job(self, dest: str) -> Job | None:
+        if not self.running:
+            return None  # stopping: the jobs stay queued on disk
         q = self.ready.get(dest)
         while q:
             job = q.popleft()
@@ -413,6 +433,11 @@ class OutboundQueue:
                     self._pump(other)
                 elif not self.workers.get(other):
                     del self.ready[other]
+            if not self.total_workers and self._drained:
+                drained, self._drained = self._drained, []
+                for d in drained:
+                    if not d.called:
+                        d.callback(None)
 
     def _fail_dest(self, job: Job, dest: str, why: str, status: str) -> None:
         """Fail this job and every job waiting for the same destination."""

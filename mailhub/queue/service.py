@@ -35,11 +35,11 @@ class QueueService(service.Service):
     def stopService(self):
         super().stopService()
         self.poller.stop()
-        self.queue.stop()
         try:
             pid_path(self.data_dir).unlink()
         except OSError:
             pass
+        return self.queue.stop()
 
 
 def build_queue(ctx) -> OutboundQueue:

@@ -65,3 +65,31 @@ def test_sigkill_in_the_middle_of_a_busy_queue(tmp_path, fakenet):
     # only messages in flight at the kill (at most one per connection) may arrive twice
     assert len(subjects) - n <= 5
     time.sleep(0)
+
+
+def test_sigterm_lets_transactions_finish_so_nothing_is_sent_twice(tmp_path, fakenet):
+    n = 60
+    (tmp_path / "mh").mkdir()
+    env = MailhubEnv(tmp_path / "mh", fakenet.toml(
+        schedule='["1s"]', queue="max_connections_per_domain = 4"))
+    env.add_user("alice@example.com", "pw")
+    spool = Spool(env.data_dir / "queue").create()
+    for i in range(n):
+        qid = new_queue_id()
+        spool.write_message(qid, message(f"term{i:03d}"))
+        spool.write_envelope(Envelope(id=qid, sender="alice@example.com",
+                                      recipients=[Recipient("slow@pref.test")]))
+    server = MailhubServer(env).start()
+    fakenet.wait_received("mx-a", 10, timeout=30)
+    server.stop()  # SIGTERM: transactions under way complete and are recorded
+    delivered = len(fakenet.received("mx-a"))
+    left = len(queue_ids(env))
+    assert delivered < n
+    assert delivered + left == n
+    server = MailhubServer(env).start()
+    try:
+        wait_queue_empty(env, 60)
+    finally:
+        server.stop()
+    subjects = [m["data"].split("Subject: ")[1].split("\r\n")[0] for m in fakenet.received("mx-a")]
+    assert sorted(subjects) == [f"term{i:03d}" for i in range(n)]  # each exactly once
