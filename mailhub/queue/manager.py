@@ -50,6 +50,7 @@ class Job:
     qid: str
     dest: str
     rcpts: list[Recipient]
+    retried_fresh: bool = False
 
 
 @dataclass
@@ -397,6 +398,7 @@ class OutboundQueue:
                         else:
                             job = self._defer_dest(job, dest, str(err), err.status)
                         return
+                reused = session.messages > 0
                 outcome = yield self._deliver(session, job)
                 if outcome is not None:
                     # nothing accepted and only temporary refusals: same job, next host
@@ -405,6 +407,10 @@ class OutboundQueue:
                     else:
                         yield session.close()
                     session = None
+                    if outcome == "abort" and reused and not job.retried_fresh:
+                        # a cached connection the server had dropped: same host, new one
+                        job.retried_fresh = True
+                        continue
                     idx += 1
                     if idx < len(targets):
                         continue

@@ -132,11 +132,17 @@ ZONE = {
     "mx-b.net.test": {"A": ["127.0.0.3"]},
     "mx-c.net.test": {"A": ["127.0.0.7"]},
     "mx-dead.net.test": {"A": ["127.0.0.5"]},
+    "drop.test": {"MX": [[10, "mx-d.net.test"], [20, "mx-b.net.test"]]},
+    "busy.test": {"MX": [[10, "mx-e.net.test"], [20, "mx-b.net.test"]]},
+    "mx-d.net.test": {"A": ["127.0.0.8"]},
+    "mx-e.net.test": {"A": ["127.0.0.9"]},
 }
 RECEIVERS = [
     {"name": "mx-a", "ip": "127.0.0.4", "starttls": True},
     {"name": "mx-b", "ip": "127.0.0.3"},
     {"name": "mx-c", "ip": "127.0.0.7", "smtputf8": True, "size": 20000},
+    {"name": "mx-d", "ip": "127.0.0.8", "drop_after": 2},
+    {"name": "mx-e", "ip": "127.0.0.9", "greeting": "421 4.3.2 too busy, try later"},
 ]
 
 

@@ -10,7 +10,8 @@ Receiver behaviour per recipient local part: ``reject*`` -> 550, ``tempfail*`` -
 ``defer1*`` -> 451 the first time (per receiver), then accepted; ``slow*`` -> accepted, the
 end-of-data reply 50 ms late; anything else accepted.
 Receiver options: ``starttls``, ``smtputf8``, ``pipelining`` (default true), ``size``,
-``auth`` ({"user", "password"}: MAIL needs AUTH), ``greeting`` (e.g. "421 busy").
+``auth`` ({"user", "password"}: MAIL needs AUTH), ``greeting`` (e.g. "421 busy"),
+``drop_after`` (drop the connection at the MAIL after that many messages on it).
 
     python -m tests.queue.fakenet SPEC.json   # writes <out>/ready.json with the ports
 """
@@ -73,6 +74,7 @@ class Receiver(LineReceiver):
         self.authed = None
         self.data_lines = None
         self.auth_step = None
+        self.on_conn = 0
 
     def reset(self):
         self.mail_from = None
@@ -173,6 +175,9 @@ class Receiver(LineReceiver):
             self.send("535 5.7.8 bad credentials")
 
     def do_MAIL(self, arg):
+        if self.spec.get("drop_after") and self.on_conn >= self.spec["drop_after"]:
+            self.transport.abortConnection()  # like a server's idle timeout, at a bad time
+            return
         if self.spec.get("auth") and not self.authed:
             return self.send("530 5.7.0 authentication required")
         addr, _, params = arg[5:].strip().partition(" ") if arg.upper().startswith("FROM:") else ("", "", "")
@@ -207,6 +212,7 @@ class Receiver(LineReceiver):
     def finish_data(self):
         data = b"\r\n".join(self.data_lines) + b"\r\n"
         self.data_lines = None
+        self.on_conn += 1
         n = self.state["count"] = self.state.get("count", 0) + 1
         rec = {"mail_from": self.mail_from, "params": self.params, "rcpts": self.rcpts,
                "tls": self.tls, "auth": self.authed,

@@ -68,3 +68,33 @@ def test_connections_are_reused_within_the_domain_limit(tmp_path, fakenet):
     assert sorted(m["rcpts"][0] for m in fakenet.received("mx-a")) == sorted(
         f"r{i}@pref.test" for i in range(n))
     assert queue_ids(env) == []
+
+
+def test_dropped_cached_connection_reconnects_to_the_same_mx(tmp_path, fakenet):
+    """mx-d drops the connection at the third MAIL: the queue reconnects to mx-d, it does
+    not fall back to the secondary MX for that."""
+    n = 6
+    env = _env(tmp_path, fakenet, queue="max_connections_per_domain = 1")
+    spool = Spool(env.data_dir / "queue").create()
+    for i in range(n):
+        qid = new_queue_id()
+        spool.write_message(qid, message(f"drop{i}"))
+        spool.write_envelope(Envelope(id=qid, sender="alice@example.com",
+                                      recipients=[Recipient(f"d{i}@drop.test")]))
+    server = MailhubServer(env).start()
+    try:
+        fakenet.wait_received("mx-d", n)
+        wait_queue_empty(env)
+    finally:
+        server.stop()
+    assert fakenet.received("mx-b") == []
+    assert int((fakenet.out / "mx-d" / "connections").read_text()) == 3
+
+
+def test_busy_greeting_falls_back_to_next_mx(outbound):
+    env, server, net = outbound
+    inject(env, "alice@example.com", ["x@busy.test"], message("busy"))
+    [got] = net.wait_received("mx-b", 1)
+    assert got["rcpts"] == ["x@busy.test"]
+    wait_queue_empty(env)
+    assert "421 4.3.2 too busy" in server.log()
