@@ -68,6 +68,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
 
     def __init__(self) -> None:
         self._buf = b""
+        self._pos = 0              # start of unprocessed input in _buf (command lines)
         self._mode = LINE
         self._busy = False
         self._paused = False
@@ -157,7 +158,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
 
     def _close(self) -> None:
         self._closing = True
-        self._buf = b""
+        self._buf, self._pos = b"", 0
         self._release_slot()
         self.transport.loseConnection()
         # a TLS session whose handshake never finished cannot flush our last reply, and a
@@ -189,7 +190,11 @@ class ESMTPServer(Protocol, TimeoutMixin):
         if self._closing:
             return
         self.resetTimeout()
-        self._buf = self._buf + data if self._buf else data
+        if self._buf:
+            self._buf = (self._buf[self._pos:] if self._pos else self._buf) + data
+            self._pos = 0
+        else:
+            self._buf = data
         if self._busy:
             if len(self._buf) > PAUSE_BUFFER and not self._paused:
                 self._paused = True
@@ -202,11 +207,14 @@ class ESMTPServer(Protocol, TimeoutMixin):
             return
         self._processing = True
         try:
-            while self._buf and not self._busy and not self._closing:
+            while len(self._buf) > self._pos and not self._busy and not self._closing:
                 if self._mode == LINE:
                     if not self._take_line():
                         break
-                elif self._mode == DATA:
+                    continue
+                if self._pos:  # the data modes take the buffer from its start
+                    self._buf, self._pos = self._buf[self._pos:], 0
+                if self._mode == DATA:
                     self._take_data()
                 else:
                     self._take_bdat()
@@ -214,14 +222,20 @@ class ESMTPServer(Protocol, TimeoutMixin):
             self._processing = False
 
     def _take_line(self) -> bool:
-        buf = self._buf
-        nl = buf.find(b"\n")
+        # lines are taken by moving _pos, not by re-slicing the buffer: a 64 KB read of
+        # pipelined short commands must not cost a copy of the rest per command
+        buf, pos = self._buf, self._pos
+        nl = buf.find(b"\n", pos)
         if nl < 0:
-            if len(buf) > AUTH_LIMIT:
+            if len(buf) - pos > AUTH_LIMIT:
                 self._discarding = True
-                self._buf = b""
+                self._buf, self._pos = b"", 0
             return False
-        line, self._buf = buf[:nl], buf[nl + 1:]
+        line = buf[pos:nl]
+        if nl + 1 >= len(buf):
+            self._buf, self._pos = b"", 0
+        else:
+            self._pos = nl + 1
         if line.endswith(b"\r"):
             line = line[:-1]
         if self._discarding:
@@ -313,7 +327,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
         self._send(220, "2.0.0", "Ready to start TLS")
         # anything the client sent after STARTTLS in plaintext must not be executed inside
         # the TLS session (CVE-2011-0411 command injection)
-        self._buf = b""
+        self._buf, self._pos = b"", 0
         self.transport.startTLS(f.tls_options)
         self.tls = True
         self.helo = None

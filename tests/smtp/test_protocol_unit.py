@@ -353,3 +353,18 @@ def test_idle_timer_does_not_fire_while_delivery_is_pending(make_unit):
     assert s.codes()[0].startswith("250 2.0.0 Ok: queued")
     u.clock.advance(31)
     assert s.codes() == ["421 4.4.2 mx.test.example Error: timeout exceeded"]
+
+
+def test_large_pipelined_burst_is_answered_in_order_and_fast(smtp_unit):
+    import time
+    s = smtp_unit.session()
+    ehlo(s)
+    burst = "".join(f"NOOP {i}\r\nRSET\r\n" for i in range(20000)) + "QUIT\r\n"
+    t0 = time.monotonic()
+    for i in range(0, len(burst), 65536):  # as the socket delivers it
+        s.send(burst[i:i + 65536])
+    elapsed = time.monotonic() - t0
+    out = s.codes()
+    assert len(out) == 40001 and out[-1] == "221 2.0.0 Bye"
+    assert set(out[:-1]) == {"250 2.0.0 Ok"}
+    assert elapsed < 5
