@@ -284,6 +284,10 @@ class ESMTPServer(Protocol, TimeoutMixin):
             handler(arg)
         except SMTPError as e:
             self._raise_reply(e)
+        except Exception:  # e.g. the directory database is locked: temporary, say so
+            log.failure("{listener}: [{ip}] error handling {verb}", listener=self.factory.listener,
+                        ip=self.peer_ip, verb=verb)
+            self._error(451, "4.3.0", "Error: temporary local problem, try again later")
 
     def do_HELO(self, arg: str) -> None:
         self._hello(arg, esmtp=False)
@@ -784,7 +788,15 @@ class ESMTPServer(Protocol, TimeoutMixin):
                 self._send(250, "2.0.0", f"Ok: queued as {qid}")
             self._done()
 
+        def bug(failure):  # never leave the session waiting for ever
+            log.failure("{listener}: {qid}: internal error after delivery", failure,
+                        listener=f.listener, qid=qid)
+            if self._busy:
+                self._send(451, "4.3.0", "Error: local processing error, try again later")
+                self._done()
+
         d.addCallback(finished)
+        d.addErrback(bug)
 
     def _delivery_failed(self, qid: str, error, failure=None) -> None:
         f = self.factory

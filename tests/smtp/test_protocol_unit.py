@@ -368,3 +368,17 @@ def test_large_pipelined_burst_is_answered_in_order_and_fast(smtp_unit):
     assert len(out) == 40001 and out[-1] == "221 2.0.0 Bye"
     assert set(out[:-1]) == {"250 2.0.0 Ok"}
     assert elapsed < 5
+
+
+def test_directory_failure_is_a_temporary_error_not_a_dropped_connection(smtp_unit, monkeypatch):
+    import sqlite3
+    s = smtp_unit.session()
+    ehlo(s)
+
+    def broken(address):
+        raise sqlite3.OperationalError("database is locked")
+    monkeypatch.setattr(smtp_unit.directory, "resolve", broken)
+    s.send("MAIL FROM:<x@r.example>\r\nRCPT TO:<alice@example.com>\r\nNOOP\r\n")
+    assert s.codes() == ["250 2.1.0 Ok", "451 4.3.0 Error: temporary local problem, try again later",
+                         "250 2.0.0 Ok"]
+    assert not s.transport.disconnecting
