@@ -382,3 +382,17 @@ def test_directory_failure_is_a_temporary_error_not_a_dropped_connection(smtp_un
     assert s.codes() == ["250 2.1.0 Ok", "451 4.3.0 Error: temporary local problem, try again later",
                          "250 2.0.0 Ok"]
     assert not s.transport.disconnecting
+
+
+def test_bdat_over_the_size_limit(make_unit):
+    u = make_unit("[smtp]\nmax_message_size = 1000\n")
+    u.mda.auto = lambda call: [(call[1][0], "k")]
+    s = u.session()
+    ehlo(s)
+    big = b"x" * 1500
+    s.send(b"MAIL FROM:<a@r.example>\r\nRCPT TO:<alice@example.com>\r\nBDAT 1500\r\n" + big
+           + b"BDAT 3 LAST\r\nend" + b"NOOP\r\n")
+    assert s.codes() == ["250 2.1.0 Ok", "250 2.1.5 Ok",
+                         "552 5.3.4 Message size exceeds fixed limit",
+                         "503 5.5.1 Error: need MAIL command", "250 2.0.0 Ok"]
+    assert u.mda.calls == [] and list(u.factory().spool_dir.iterdir()) == []
