@@ -8,8 +8,9 @@ CRLF line ends, which is how the store keeps it:
   Only ``<CRLF>.<CRLF>`` ends the data: a "." line after a bare LF does not, which is what
   protects against SMTP smuggling (CVE-2023-51766 and friends).
 - ``CRLFNormalizer``: the same line-end repair for BDAT chunks (no dot handling).
-- ``HeaderFixer``: watches the header block and, at its end, inserts fields that are
-  missing (Message-ID and Date for submission) without holding more than one line.
+- ``HeaderFixer``: watches the header block, counts its Received: fields (loop detection,
+  RFC 5321 6.3) and, at its end, inserts fields that are missing (Message-ID and Date for
+  submission) without holding more than one line.
 
 The work is done with bytes.replace/find over whole chunks, not per line in Python, so a
 4 KB message costs a few microseconds and a 50 MB one streams at disk speed.
@@ -113,7 +114,8 @@ class HeaderFixer:
 
     def __init__(self, need: dict[str, Callable[[], bytes]] | None = None) -> None:
         self.need = dict(need or {})
-        self.done = not self.need
+        self.done = False
+        self.received = 0  # Received: fields seen (hop count)
         self._partial = b""
         self._seen = 0
         self.present: set[str] = set()
@@ -136,7 +138,10 @@ class HeaderFixer:
                 self._partial = b""
                 return buf[:pos] + self._missing() + buf[pos:]
             if line[:1] not in (b" ", b"\t"):
-                self.present.add(line.split(b":", 1)[0].strip().lower().decode("ascii"))
+                name = line.split(b":", 1)[0].strip().lower().decode("ascii")
+                self.present.add(name)
+                if name == "received":
+                    self.received += 1
             pos = nl + 1
         self._seen += pos
         self._partial = buf[pos:]

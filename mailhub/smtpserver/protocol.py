@@ -41,6 +41,7 @@ LINE, DATA, BDAT = 0, 1, 2
 COMMAND_LIMIT = 512            # RFC 5321 4.5.3.1.4, including CRLF
 MAIL_RCPT_LIMIT = 512 + 500    # + RFC 1870 SIZE= and RFC 4954 AUTH= parameters, SMTPUTF8
 AUTH_LIMIT = 12288             # RFC 4954 section 4
+MAX_HOPS = 50                  # Received: fields before a message is a loop (Postfix's hopcount_limit)
 ABORT_AFTER = 5.0              # seconds from an idle-timeout 421 to a hard close
 PAUSE_BUFFER = 1024 * 1024     # stop reading when this much input waits behind a reply
 
@@ -627,7 +628,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
                 "date": lambda: f"Date: {formatdate(localtime=True)}\r\n".encode("ascii"),
             })
         else:
-            self._fixer = None
+            self._fixer = HeaderFixer()  # counts Received: fields only
 
     def _write(self, data: bytes) -> None:
         if self._store_error is None:
@@ -725,6 +726,12 @@ class ESMTPServer(Protocol, TimeoutMixin):
             return
         if self._fixer is not None:
             self._write(self._fixer.finish())
+            if self._fixer.received > MAX_HOPS:
+                log.info("{listener}: {qid} refused: {n} Received: fields, a mail loop",
+                         listener=f.listener, qid=self.qid, n=self._fixer.received)
+                self._reset_transaction()
+                self._error(554, "5.4.6", "Too many hops: mail forwarding loop", count=False)
+                return
         sink, self.sink = self.sink, None
         sender = self.mail.address
         local = list(self.local)

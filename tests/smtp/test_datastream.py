@@ -114,4 +114,7 @@ def test_header_fixer_keeps_present_fields_and_handles_header_only_message():
     fx = HeaderFixer(need)
     out = fx.feed(b"message-ID: <old@x>\r\nSubject: no body") + fx.finish()
     assert out == b"message-ID: <old@x>\r\nSubject: no body\r\nDate: d\r\n"
-    assert HeaderFixer().feed(b"anything") == b"anything"
+    fx = HeaderFixer()  # nothing needed: a pass-through that counts Received: fields
+    msg = b"Received: a\r\nreceived: b\r\n c\r\nSubject: x\r\n\r\nReceived: body\r\n"
+    assert b"".join(fx.feed(msg[i:i + 7]) for i in range(0, len(msg), 7)) + fx.finish() == msg
+    assert fx.received == 2

@@ -334,7 +334,7 @@ def test_disconnect_mid_data_leaves_no_spool_file(smtp_unit):
     s = smtp_unit.session()
     ehlo(s)
     s.send("MAIL FROM:<x@r.example>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n")
-    s.send(b"y" * 400000)
+    s.send(b"Subject: s\r\n\r\n" + (b"y" * 998 + b"\r\n") * 400)
     assert len(list(smtp_unit.factory().spool_dir.iterdir())) == 1
     s.lose()
     assert list(smtp_unit.factory().spool_dir.iterdir()) == []
@@ -396,3 +396,18 @@ def test_bdat_over_the_size_limit(make_unit):
                          "552 5.3.4 Message size exceeds fixed limit",
                          "503 5.5.1 Error: need MAIL command", "250 2.0.0 Ok"]
     assert u.mda.calls == [] and list(u.factory().spool_dir.iterdir()) == []
+
+
+def test_mail_loop_is_refused_by_hop_count(smtp_unit):
+    smtp_unit.mda.auto = lambda call: [(call[1][0], "k")]
+    s = smtp_unit.session()
+    ehlo(s)
+    hops = "".join(f"Received: from hop{i}.example by x; date\r\n" for i in range(51))
+    s.send("MAIL FROM:<a@r.example>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n" + hops
+           + "Subject: loop\r\n\r\nx\r\n.\r\n")
+    assert s.codes()[-1] == "554 5.4.6 Too many hops: mail forwarding loop"
+    assert smtp_unit.mda.calls == []
+    hops = "".join(f"Received: from hop{i}.example by x; date\r\n" for i in range(50))
+    s.send("MAIL FROM:<a@r.example>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n" + hops
+           + "Subject: fine\r\n\r\nx\r\n.\r\n")
+    assert s.codes()[-1].startswith("250 2.0.0 Ok: queued")
