@@ -100,6 +100,8 @@ class OutboundQueue:
         self.running = False
         self.delivered = 0
         self._drained: list[defer.Deferred] = []
+        self._removals: list[str] = []
+        self._removals_idle: list[defer.Deferred] = []
 
     # ---------------------------------------------------------------- life cycle
     def start(self) -> None:
@@ -137,9 +139,11 @@ class OutboundQueue:
             self._drained.append(drained)
             timer = self.reactor.callLater(grace, lambda: drained.called or drained.callback(None))
             drained.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
-        writes = list(self._writes.values())
-        if writes:
-            drained.addCallback(lambda _: defer.DeferredList(writes, consumeErrors=True))
+        def settle(_):
+            writes = list(self._writes.values())
+            d = defer.DeferredList(writes, consumeErrors=True) if writes else defer.succeed(None)
+            return d.addCallback(lambda _: self._removals_done())
+        drained.addCallback(settle)
         return drained
 
     # ---------------------------------------------------------------- enqueue
@@ -269,7 +273,7 @@ class OutboundQueue:
         env = self.envs.pop(queue_id, None)
         if env is None:
             raise KeyError(queue_id)
-        self._remove_files(queue_id)
+        self._remove_files(queue_id, now=True)
         log.info("removed {qid} from the queue (by the administrator)", qid=queue_id)
 
     def load(self, queue_id: str) -> None:
@@ -585,9 +589,11 @@ class OutboundQueue:
         if not pending:
             del self.envs[env.id]
             self._remove_files(env.id)
-            log.info("removed {qid}: {sent} sent, {failed} failed", qid=env.id,
-                     sent=sum(r.state == SENT for r in env.recipients),
-                     failed=sum(r.state == FAILED for r in env.recipients))
+            if len(env.recipients) > 1 or env.recipients[0].state != SENT:
+                # (a single delivered recipient already has its "delivered" line)
+                log.info("removed {qid}: {sent} sent, {failed} failed", qid=env.id,
+                         sent=sum(r.state == SENT for r in env.recipients),
+                         failed=sum(r.state == FAILED for r in env.recipients))
             return
         env.next_attempt = now + retry_delay(self.schedule, env.attempts)
         if (self.delay_warning and not env.warned and env.sender
@@ -625,9 +631,15 @@ class OutboundQueue:
                 del self._writes[qid]
         d.addBoth(cleanup)
 
-    def _remove_files(self, qid: str) -> None:
+    def _remove_files(self, qid: str, now: bool = False) -> None:
+        """Unlink a finished message's files. Delivery removals are batched into the
+        directory-fsync thread (no unlink in the reactor); ``now`` (the administrator's
+        remove) unlinks before returning."""
         def rm(_):
-            self.spool.remove(qid)
+            if now:
+                self.spool.remove(qid)
+            else:
+                self._removals.append(qid)
             self._sync_env_dir()
         if qid in self._writes:
             self._after_writes(qid, rm)
@@ -635,23 +647,42 @@ class OutboundQueue:
             rm(None)
 
     def _sync_env_dir(self) -> None:
-        """Make removals durable: one directory fsync for all removals since the last one."""
+        """Make removals durable: unlink the batch and fsync the directory once for all
+        removals since the last round."""
         self._dirsync_pending = True
         if self._dirsync_running:
             return
 
         def run():
+            batch, self._removals = self._removals, []
             self._dirsync_pending = False
             self._dirsync_running = True
-            d = threads.deferToThread(fsync_dir, self.spool.env_dir)
+            d = threads.deferToThread(self._remove_batch, batch)
+            d.addErrback(lambda f: log.failure("queue: removing finished messages failed", f))
 
             def done(_):
                 self._dirsync_running = False
                 if self._dirsync_pending:
                     run()
+                elif self._removals_idle:
+                    waiting, self._removals_idle = self._removals_idle, []
+                    for w in waiting:
+                        w.callback(None)
             d.addBoth(done)
 
         run()
+
+    def _remove_batch(self, qids: list[str]) -> None:
+        for qid in qids:
+            self.spool.remove(qid)
+        fsync_dir(self.spool.env_dir)
+
+    def _removals_done(self) -> defer.Deferred:
+        if not self._dirsync_running and not self._dirsync_pending:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._removals_idle.append(d)
+        return d
 
     # ---------------------------------------------------------------- bounces
     def _bounce(self, env: Envelope, rcpts: list[Recipient], action: str) -> None:
