@@ -136,6 +136,8 @@ ZONE = {
     "busy.test": {"MX": [[10, "mx-e.net.test"], [20, "mx-b.net.test"]]},
     "mx-d.net.test": {"A": ["127.0.0.8"]},
     "mx-e.net.test": {"A": ["127.0.0.9"]},
+    "garbage.test": {"MX": [[10, "mx-f.net.test"], [20, "mx-b.net.test"]]},
+    "mx-f.net.test": {"A": ["127.0.0.10"]},
 }
 RECEIVERS = [
     {"name": "mx-a", "ip": "127.0.0.4", "starttls": True},
@@ -143,6 +145,7 @@ RECEIVERS = [
     {"name": "mx-c", "ip": "127.0.0.7", "smtputf8": True, "size": 20000},
     {"name": "mx-d", "ip": "127.0.0.8", "drop_after": 2},
     {"name": "mx-e", "ip": "127.0.0.9", "greeting": "421 4.3.2 too busy, try later"},
+    {"name": "mx-f", "ip": "127.0.0.10", "garbage": True},
 ]
 
 

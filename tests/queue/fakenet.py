@@ -11,7 +11,8 @@ Receiver behaviour per recipient local part: ``reject*`` -> 550, ``tempfail*`` -
 end-of-data reply 50 ms late; anything else accepted.
 Receiver options: ``starttls``, ``smtputf8``, ``pipelining`` (default true), ``size``,
 ``auth`` ({"user", "password"}: MAIL needs AUTH), ``greeting`` (e.g. "421 busy"),
-``drop_after`` (drop the connection at the MAIL after that many messages on it).
+``drop_after`` (drop the connection at the MAIL after that many messages on it),
+``garbage`` (answer MAIL with a line that is not an SMTP reply).
 
     python -m tests.queue.fakenet SPEC.json   # writes <out>/ready.json with the ports
 """
@@ -175,6 +176,9 @@ class Receiver(LineReceiver):
             self.send("535 5.7.8 bad credentials")
 
     def do_MAIL(self, arg):
+        if self.spec.get("garbage"):
+            self.transport.write(b"this is not SMTP\r\n")
+            return
         if self.spec.get("drop_after") and self.on_conn >= self.spec["drop_after"]:
             self.transport.abortConnection()  # like a server's idle timeout, at a bad time
             return
