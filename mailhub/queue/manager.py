@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailhub.config import parse_duration
-from mailhub.dns import DNSPermanentError, DNSTemporaryError, NullMX
+from mailhub.dns import DNSPermanentError, NullMX
 from mailhub.queue.bounce import build_dsn
 from mailhub.queue.envelope import (
     FAILED, PENDING, SENT, Envelope, Recipient, header_section, needs_smtputf8, new_queue_id,
