@@ -148,6 +148,10 @@ class OutboundQueue:
 
     # ---------------------------------------------------------------- enqueue
     def enqueue(self, sender, recipients, message_path, dkim_domain=None):
+        if dkim_domain and self.directory is not None and not self.directory.has_domain(
+                dkim_domain):
+            log.warn("not DKIM-signing for {domain}: not a served domain", domain=dkim_domain)
+            dkim_domain = None
         return self._enqueue(_Enq(new_queue_id(), sender or "", list(recipients),
                                   Path(message_path), None, dkim_domain, "mail"))
 

@@ -98,3 +98,32 @@ def test_busy_greeting_falls_back_to_next_mx(outbound):
     assert got["rcpts"] == ["x@busy.test"]
     wait_queue_empty(env)
     assert "421 4.3.2 too busy" in server.log()
+
+
+def test_global_connection_limit_serves_every_destination(tmp_path, fakenet):
+    """max_connections = 1: one connection at a time, and a destination that waits gets the
+    slot as soon as the other one is done (not after the idle keep-alive)."""
+    env = _env(tmp_path, fakenet, queue="max_connections = 1")
+    spool = Spool(env.data_dir / "queue").create()
+    for i in range(6):
+        qid = new_queue_id()
+        spool.write_message(qid, message(f"g{i}"))
+        dom = "pref.test" if i % 2 else "nomx.test"
+        spool.write_envelope(Envelope(id=qid, sender="alice@example.com",
+                                      recipients=[Recipient(f"g{i}@{dom}")]))
+    server = MailhubServer(env).start()
+    try:
+        fakenet.wait_received("mx-a", 3)
+        fakenet.wait_received("mx-b", 3)
+        wait_queue_empty(env)
+        log = server.log()
+    finally:
+        server.stop()
+    assert int((fakenet.out / "mx-a" / "connections").read_text()) == 1
+    assert int((fakenet.out / "mx-b" / "connections").read_text()) == 1
+    # one destination's connection was closed before the other one's opened
+    lines = [l for l in log.splitlines() if "connected to" in l or "delivered" in l]
+    assert len(lines) == 8  # 2 connections, 6 deliveries
+    is_a = ["mx-a.net.test" in l for l in lines]  # pref.test's lines; the others: nomx.test
+    assert is_a.count(True) == 4
+    assert is_a in ([True] * 4 + [False] * 4, [False] * 4 + [True] * 4)
