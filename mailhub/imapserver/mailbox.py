@@ -12,6 +12,7 @@ import bisect
 from array import array
 
 from mailhub.imapserver.response import seqset_text
+from mailhub.store.cache import extract_fields
 
 HEADER_READ = 16384
 HEADER_MAX = 1 << 20
@@ -54,6 +55,19 @@ def read_header(index, pos: int) -> bytes | None:
         if i >= 0:
             return data[:i + len(sep)]
     return data
+
+
+def envelope_fields(index, pos: int) -> bytes | None:
+    """The cached ENVELOPE/SEARCH header fields of a message (read and cached on a miss)."""
+    key = index.keys[pos]
+    blob = index.cache.get(key)
+    if blob is None:
+        header = read_header(index, pos)
+        if header is None:
+            return None
+        blob = extract_fields(header)
+        index.cache.put(key, blob)
+    return blob
 
 
 def read_all(index, pos: int) -> bytes | None:

@@ -338,6 +338,8 @@ def bodystructure(part: Part, extended: bool = True) -> bytes:
 def decoded_header(value: bytes) -> str:
     """RFC 2047-decoded header text, case-folded, for SEARCH."""
     text = value.decode("utf-8", "replace")
+    if "=?" not in text:
+        return text.casefold()
     try:
         parts = decode_header(text)
         out = []

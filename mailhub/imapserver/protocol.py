@@ -29,8 +29,8 @@ from mailhub.auth import IMailUser
 from mailhub.imapserver import message as M
 from mailhub.imapserver import search as S
 from mailhub.imapserver.framing import CommandFramer
-from mailhub.imapserver.mailbox import (BadSequence, SelectedMailbox, flags_bytes, read_all,
-                                        read_header)
+from mailhub.imapserver.mailbox import (BadSequence, SelectedMailbox, envelope_fields,
+                                        flags_bytes, read_all, read_header)
 from mailhub.imapserver.parser import ParseError, command_name, parse_command, parse_tag
 from mailhub.imapserver.response import literal, ordered_set_text, quote_string, seqset_text
 from mailhub.store.interfaces import FolderError, StoreError
@@ -900,16 +900,20 @@ class IMAPServerProtocol(Protocol):
         hits = []
         maxmod = 0
         same = sel.view is idx.uids
+        rh = lambda q: read_header(idx, q)  # noqa: E731
+        ra = lambda q: read_all(idx, q)  # noqa: E731
+        re_ = lambda q: envelope_fields(idx, q)  # noqa: E731
+        recent = sel.recent
         for i, u in enumerate(sel.view):
             p = i if same else idx.pos(u)
             if p < 0:
                 continue
-            ctx = S.MessageContext(idx, p, i + 1, u, u in sel.recent,
-                                   lambda q: read_header(idx, q), lambda q: read_all(idx, q))
+            ctx = S.MessageContext(idx, p, i + 1, u, u in recent, rh, ra, re_)
             if S.matches(program, ctx, largest_seq, largest_uid):
                 hits.append(u if cmd.uid else i + 1)
                 if uses_modseq:
                     maxmod = max(maxmod, idx.modseqs[p])
+        idx.cache.flush(idx.keys)
         line = b"* SEARCH" + b"".join(b" %d" % h for h in hits)
         if uses_modseq and hits:
             line += b" (MODSEQ %d)" % maxmod
@@ -1050,7 +1054,7 @@ class IMAPServerProtocol(Protocol):
                                    a.section.text in ("", "TEXT")))
             for a in atts)
         need_header = not need_all and any(
-            a.name in ("ENVELOPE", "RFC822.HEADER") or a.name == "BODY" for a in atts)
+            a.name == "RFC822.HEADER" or a.name == "BODY" for a in atts)
         flags_only = all(a.name in ("UID", "FLAGS", "MODSEQ", "RFC822.SIZE") for a in atts)
         if flags_only:
             self._fetch_simple(sel, targets, atts, changedsince)
@@ -1153,8 +1157,12 @@ class IMAPServerProtocol(Protocol):
                 elif n == "INTERNALDATE":
                     items.append(b"INTERNALDATE " + internaldate_text(idx.internaldate(p)))
                 elif n == "ENVELOPE":
-                    hdrs = M.parse_headers(header if header is not None else
-                                           data[:M.split_message(data)[0]])
+                    if data is not None:
+                        hdrs = M.parse_headers(data[:M.split_message(data)[0]])
+                    elif header is not None:
+                        hdrs = M.parse_headers(header)
+                    else:
+                        hdrs = M.parse_headers(envelope_fields(idx, p) or b"")
                     items.append(b"ENVELOPE " + M.envelope(hdrs))
                 elif n in ("BODYSTRUCTURE", "BODY") and a.section is None:
                     if msg is None:
@@ -1195,6 +1203,7 @@ class IMAPServerProtocol(Protocol):
                 yield b"".join(buf)
                 buf = []
                 size = 0
+        idx.cache.flush(idx.keys)
         if buf:
             yield b"".join(buf)
 

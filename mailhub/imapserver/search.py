@@ -3,9 +3,13 @@ bodies read from the message file only when the program needs them (and only onc
 from __future__ import annotations
 
 import datetime as _dt
+import re
 
 from mailhub.imapserver import message as M
+from mailhub.store.cache import FIELDS as CACHED_FIELDS
 
+_FIELD_RX: dict = {}
+_UNFOLD = re.compile(rb"\r?\n")
 HEADER_KEYS = {"FROM": b"from", "TO": b"to", "CC": b"cc", "BCC": b"bcc", "SUBJECT": b"subject"}
 
 
@@ -37,9 +41,9 @@ class MessageContext:
     """What SEARCH may ask about one message, loaded lazily."""
 
     __slots__ = ("index", "pos", "seq", "uid", "letters", "recent", "_headers", "_data",
-                 "_read_header")
+                 "_read_header", "_env", "_read_env")
 
-    def __init__(self, index, pos, seq, uid, recent, read_header, read_all):
+    def __init__(self, index, pos, seq, uid, recent, read_header, read_all, read_env=None):
         self.index = index
         self.pos = pos
         self.seq = seq
@@ -48,7 +52,29 @@ class MessageContext:
         self.recent = recent
         self._headers = None
         self._data = None
+        self._env = None
         self._read_header = (read_header, read_all)
+        self._read_env = read_env
+
+    def env_values(self, name: bytes) -> list[bytes]:
+        """Unfolded values of one cached field, straight from the raw cache blob."""
+        if self._read_env is None:
+            return [v for n, v, _ in self.headers() if n == name]
+        if self._env is None:
+            self._env = self._read_env(self.pos) or b""
+        rx = _FIELD_RX.get(name)
+        if rx is None:
+            rx = _FIELD_RX[name] = re.compile(
+                rb"^" + re.escape(name) + rb"[ \t]*:([^\n]*\n(?:[ \t][^\n]*\n)*)", re.I | re.M)
+        return [_UNFOLD.sub(b"", m.group(1)).strip() for m in rx.finditer(self._env)]
+
+    def env(self):
+        """Headers among the cached fields (From, To, Subject, Date...)."""
+        if self._read_env is None:
+            return self.headers()
+        if self._env is None:
+            self._env = self._read_env(self.pos) or b""
+        return M.parse_headers(self._env)
 
     def headers(self):
         if self._headers is None:
@@ -100,11 +126,14 @@ def matches(key, ctx: MessageContext, largest_seq: int, largest_uid: int) -> boo
     if op in HEADER_KEYS:
         needle = key[1].decode("utf-8", "replace").casefold()
         name = HEADER_KEYS[op]
-        return any(_contains(M.decoded_header(v), needle) for n, v, _ in ctx.headers() if n == name)
+        return any(needle in M.decoded_header(v) for v in ctx.env_values(name))
     if op == "HEADER":
         name = key[1].lower()
         needle = key[2].decode("utf-8", "replace").casefold()
-        vals = [v for n, v, _ in ctx.headers() if n == name]
+        if name in CACHED_FIELDS:
+            vals = ctx.env_values(name)
+        else:
+            vals = [v for n, v, _ in ctx.headers() if n == name]
         if not needle:
             return bool(vals)
         return any(_contains(M.decoded_header(v), needle) for v in vals)
@@ -119,7 +148,8 @@ def matches(key, ctx: MessageContext, largest_seq: int, largest_uid: int) -> boo
         d = _dt.datetime.fromtimestamp(ctx.index.internaldate(ctx.pos)).date()
         return _cmp(op, d, key[1])
     if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
-        dt = M.header_date(ctx.headers())
+        dates = ctx.env_values(b"date")
+        dt = M.header_date([(b"date", dates[0], b"")]) if dates else None
         if dt is None:
             return False
         return _cmp(op[4:], dt.date(), key[1])

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 import time
 from array import array
 from pathlib import Path
 
 from twisted.logger import Logger
 
+from mailhub.store.cache import HeaderCache
 from mailhub.store.maildir import MAILDIR_FLAGS, _sort_key, split_filename, unique_name
 
 log = Logger(namespace="mailhub.store.index")
@@ -40,10 +42,21 @@ SYSTEM_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\See
 FLAG_LETTERS = {v.lower(): k for k, v in SYSTEM_FLAGS.items()}
 KEYWORD_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 CHANGELOG_MAX = 20000
+_NORM: dict[str, str] = {"": "", "S": "S"}
+_SNAP_RE = re.compile(rb"^(\d+) (\d+) ([^\n]+)$", re.M)
+_LOG_RE = re.compile(rb"^([-+=])(\d+) (\d+)(?: ([^\n]+))?$", re.M)
 
 
-class IndexError_(Exception):
-    pass
+_last_validity = 0
+
+
+def _new_uidvalidity(previous: int) -> int:
+    """Time-based, but never the same value twice in this process (two rebuilds within one
+    second must not share a UIDVALIDITY)."""
+    global _last_validity
+    v = max(int(time.time()), previous + 1, _last_validity + 1)
+    _last_validity = v
+    return v
 
 
 class FolderIndex:
@@ -74,7 +87,10 @@ class FolderIndex:
         self._log_records = 0
         self._notifying = False
         self._known: dict | None = None
+        self._names_new: set[str] = set()
+        self._names_cur: set[str] = set()
         self.users = 0
+        self.cache = HeaderCache(self.path)
         self._load()
 
     # -- persistence -----------------------------------------------------------------------
@@ -94,7 +110,7 @@ class FolderIndex:
             if data:
                 log.warn("{path} unreadable; rebuilding with a new UIDVALIDITY",
                          path=str(self.path / UIDLIST))
-            self.uidvalidity = max(int(time.time()), self.uidvalidity + 1)
+            self.uidvalidity = _new_uidvalidity(self.uidvalidity)
             self.uidnext = 1
             self.highestmodseq = 1
             self.uids, self.keys, self.files, self.flags = array("I"), [], [], []
@@ -105,14 +121,10 @@ class FolderIndex:
         self.changes_floor = self.highestmodseq
 
     def _parse(self, data: bytes) -> bool:
-        lines = data.split(b"\n")
-        if data[-1:] != b"\n":
-            lines = lines[:-1]  # torn last record
-        else:
-            lines = lines[:-1]
-        if not lines:
+        nl = data.find(b"\n")
+        if nl < 0:
             return False
-        head = lines[0].split()
+        head = data[:nl].split()
         try:
             if head[0] != b"mailhub-uidlist" or head[1] != b"1":
                 return False
@@ -121,43 +133,40 @@ class FolderIndex:
             self.highestmodseq = int(head[4])
         except (IndexError, ValueError):
             return False
-        entries: dict[int, list] = {}
+        end = data.rfind(b"\n") + 1  # a torn last record (no newline) is ignored
+        body = data[nl + 1:end]
+        # the compacted snapshot: "uid modseq key" lines, parsed by one regex in C
+        snap = _SNAP_RE.findall(body)
+        entries: dict[int, list] = {int(u): [k.decode("utf-8", "surrogateescape"), int(m)]
+                                    for u, m, k in snap}
         records = 0
-        for line in lines[1:]:
-            if not line:
-                continue
-            try:
-                c = line[0]
-                if c == 0x3D:  # "=" modseq change
-                    u, m = line[1:].split(b" ")
-                    e = entries.get(int(u))
-                    if e is not None:
-                        e[1] = int(m)
-                    self.highestmodseq = max(self.highestmodseq, int(m))
-                    records += 1
-                elif c == 0x2D:  # "-" expunge
-                    u, m = line[1:].split(b" ")
-                    entries.pop(int(u), None)
-                    self.highestmodseq = max(self.highestmodseq, int(m))
-                    self.expunged.append((int(m), int(u)))
-                    records += 1
-                else:
-                    plus = c == 0x2B
-                    u, m, k = (line[1:] if plus else line).split(b" ", 2)
-                    uid = int(u)
-                    entries[uid] = [k.decode("utf-8", "surrogateescape"), int(m)]
-                    self.uidnext = max(self.uidnext, uid + 1)
-                    self.highestmodseq = max(self.highestmodseq, int(m))
-                    if plus:
-                        records += 1
-            except ValueError:
-                continue
+        hms = self.highestmodseq
+        if entries:
+            self.uidnext = max(self.uidnext, max(entries) + 1)
+            hms = max(hms, max(v[1] for v in entries.values()))
+        for op, u, m, k in _LOG_RE.findall(body):
+            uid, ms = int(u), int(m)
+            records += 1
+            if ms > hms:
+                hms = ms
+            if op == b"+":
+                entries[uid] = [k.decode("utf-8", "surrogateescape"), ms]
+                if uid >= self.uidnext:
+                    self.uidnext = uid + 1
+            elif op == b"=":
+                e = entries.get(uid)
+                if e is not None:
+                    e[1] = ms
+            else:
+                entries.pop(uid, None)
+                self.expunged.append((ms, uid))
+        self.highestmodseq = hms
         self._log_records = records
         # the uid map is known; files and flags come from the directories at the first sync
         self._known = entries
         self.uids, self.keys, self.files, self.flags = array("I"), [], [], []
         self.modseqs = array("Q")
-        self.key_uid = {v[0]: u for u, v in entries.items()}
+        self.key_uid = {}
         return True
 
     def _write_snapshot_entries(self, entries) -> None:
@@ -276,74 +285,141 @@ class FolderIndex:
         elif self._dirty_new or mt[0] != self._mtimes[0]:
             self._scan_new(mt)
 
-    def _listdir(self, sub: str) -> list[str]:
+    def _listdir(self, sub: str) -> set[str]:
         try:
-            return [n for n in os.listdir(self.path / sub) if n[0] != "."]
+            names = set(os.listdir(os.path.join(self.path, sub)))
         except FileNotFoundError:
-            return []
+            return set()
+        dots = [n for n in names if n[:1] == "."]
+        if dots:
+            names.difference_update(dots)
+        return names
+
+    @staticmethod
+    def _split(sub: str, fn: str) -> tuple[str, str]:
+        key, sep, info = fn.partition(":")
+        if sub == "new" or not sep or not info.startswith("2,"):
+            return key, ""
+        fl = info[2:]
+        norm = _NORM.get(fl)
+        if norm is None:
+            norm = "".join(sorted(set(fl)))
+            if len(_NORM) < 4096:
+                _NORM[fl] = norm
+        return key, norm
 
     def _full_scan(self, mt) -> None:
+        """Compare the directory listings with the last ones (set differences, so an
+        unchanged folder of any size costs two listdir calls) and apply what moved."""
         self._dirty_all = self._dirty_new = False
         self._mtimes = mt
-        found: dict[str, tuple[str, str]] = {}
-        for sub in ("new", "cur"):
-            for fn in self._listdir(sub):
-                key, fl = split_filename(fn)
-                if sub == "new":
-                    fl = ""
-                found[key] = (f"{sub}/{fn}", "".join(sorted(set(fl))) if fl else "")
+        new_names = self._listdir("new")
+        cur_names = self._listdir("cur")
         records: list[str] = []
         if self._known is not None:
-            # first scan after loading the uidlist: build the arrays from the file's uid map
-            known = sorted(self._known.items())
-            self._known = None
-            uids, keys, files, flags, modseqs = array("I"), [], [], [], array("Q")
-            key_uid = {}
-            for uid, (key, ms) in known:
-                f = found.pop(key, None)
-                if f is None:
-                    self.highestmodseq += 1
-                    records.append(f"-{uid} {self.highestmodseq}\n")
-                    self.expunged.append((self.highestmodseq, uid))
-                    continue
-                uids.append(uid)
-                keys.append(key)
-                files.append(f[0])
-                flags.append(f[1])
-                modseqs.append(ms)
-                key_uid[key] = uid
-            self.uids, self.keys, self.files, self.flags, self.modseqs = uids, keys, files, flags, modseqs
-            self.key_uid = key_uid
+            self._initial_build(new_names, cur_names, records)
         else:
-            gone = []
-            for i, key in enumerate(self.keys):
-                f = found.pop(key, None)
-                if f is None:
-                    gone.append(i)
+            added: dict[str, tuple[str, str]] = {}
+            gone: set[str] = set()
+            for sub, now, old in (("new", new_names, self._names_new), ("cur", cur_names, self._names_cur)):
+                if now == old:
                     continue
-                if f[0] != self.files[i]:
-                    self.files[i] = f[0]
-                    if f[1] != self.flags[i]:
-                        self.flags[i] = f[1]
-                        self.highestmodseq += 1
-                        self.modseqs[i] = self.highestmodseq
-                        self.changes.append((self.highestmodseq, self.uids[i]))
-                        records.append(f"={self.uids[i]} {self.highestmodseq}\n")
-            if gone:
-                self._remove_positions(gone, records)
-        if found:
-            self._add_found(found, records)
+                for fn in old - now:
+                    gone.add(self._split(sub, fn)[0])
+                for fn in now - old:
+                    key, fl = self._split(sub, fn)
+                    added[key] = (f"{sub}/{fn}", fl)
+            expunged = []
+            for key in gone:
+                uid = self.key_uid.get(key)
+                i = self.pos(uid) if uid is not None else -1
+                if key in added:
+                    if i >= 0:
+                        f, fl = added.pop(key)
+                        self._update_file(i, f, fl, records)
+                    continue
+                if i >= 0:
+                    expunged.append(i)
+            for key in [k for k in added if k in self.key_uid]:
+                i = self.pos(self.key_uid[key])
+                f, fl = added.pop(key)
+                if i >= 0:
+                    self._update_file(i, f, fl, records)
+            if expunged:
+                self._remove_positions(sorted(expunged), records)
+            if added:
+                self._add_found(added, records)
+        self._names_new, self._names_cur = new_names, cur_names
         self._append_records(records)
         self._trim_changes()
+
+    def _track(self, f: str, present: bool) -> None:
+        """Keep the last listing in step with our own renames/unlinks/links."""
+        sub, _, fn = f.partition("/")
+        names = self._names_new if sub == "new" else self._names_cur
+        if present:
+            names.add(fn)
+        else:
+            names.discard(fn)
+
+    def _update_file(self, i: int, f: str, fl: str, records: list[str]) -> None:
+        self.files[i] = f
+        if fl != self.flags[i]:
+            self.flags[i] = fl
+            self.highestmodseq += 1
+            self.modseqs[i] = self.highestmodseq
+            self.changes.append((self.highestmodseq, self.uids[i]))
+            records.append(f"={self.uids[i]} {self.highestmodseq}\n")
+
+    def _initial_build(self, new_names, cur_names, records) -> None:
+        """First scan after loading the uidlist: attach the files to the known UIDs."""
+        known = self._known
+        self._known = None
+        by_key = {v[0]: (u, v[1]) for u, v in known.items()}
+        rows = []
+        fresh: dict[str, tuple[str, str]] = {}
+        split = self._split
+        norm = _NORM
+        for sub, names in (("new", new_names), ("cur", cur_names)):
+            prefix = sub + "/"
+            for fn in names:
+                key, sep, info = fn.partition(":")
+                fl = ""
+                if sep and sub == "cur":
+                    fl = norm.get(info[2:]) if info[:2] == "2," else ""
+                    if fl is None:
+                        key, fl = split(sub, fn)
+                hit = by_key.get(key)
+                if hit is None:
+                    fresh[key] = (prefix + fn, fl)
+                else:
+                    rows.append((hit[0], key, prefix + fn, fl, hit[1]))
+        rows.sort()
+        present = {r[0] for r in rows}
+        for uid in known:
+            if uid not in present:
+                self.highestmodseq += 1
+                records.append(f"-{uid} {self.highestmodseq}\n")
+                self.expunged.append((self.highestmodseq, uid))
+        self.uids = array("I", [r[0] for r in rows])
+        self.keys = [r[1] for r in rows]
+        self.files = [r[2] for r in rows]
+        self.flags = [r[3] for r in rows]
+        self.modseqs = array("Q", [r[4] for r in rows])
+        self.key_uid = {r[1]: r[0] for r in rows}
+        if fresh:
+            self._add_found(fresh, records)
 
     def _scan_new(self, mt) -> None:
         self._dirty_new = False
         self._mtimes = (mt[0], self._mtimes[1])
+        now = self._listdir("new")
         found = {}
-        for fn in self._listdir("new"):
-            key = split_filename(fn)[0]
+        for fn in now - self._names_new:
+            key = fn.partition(":")[0]
             if key not in self.key_uid:
                 found[key] = (f"new/{fn}", "")
+        self._names_new |= now
         if found:
             records: list[str] = []
             self._add_found(found, records)
@@ -447,6 +523,8 @@ class FolderIndex:
             except FileNotFoundError:
                 self._dirty_all = True
                 continue
+            self._track(self.files[i], False)
+            self._track(new_file, True)
             self.files[i] = new_file
             self.flags[i] = letters
             self.highestmodseq += 1
@@ -472,6 +550,7 @@ class FolderIndex:
                 os.unlink(os.path.join(self.path, self.files[i]))
             except FileNotFoundError:
                 pass
+            self._track(self.files[i], False)
             removed.append(i)
         records: list[str] = []
         uids = [self.uids[i] for i in removed]
@@ -492,6 +571,7 @@ class FolderIndex:
         records: list[str] = []
         fl = split_filename(filename)[1] if subdir == "cur" else ""
         self._add_found({key: (f"{subdir}/{filename}", "".join(sorted(set(fl))))}, records)
+        self._track(f"{subdir}/{filename}", True)
         self._after_own_change(before)
         self._append_records(records)
         return self.key_uid[key]
@@ -566,13 +646,21 @@ class IndexRegistry:
         idx = self._open.get(k)
         if idx is None:
             idx = self._idle.pop(k, None)
-            if idx is not None:
-                idx._dirty_all = True  # changes went unannounced while nobody listened
-            else:
+            if idx is None:
                 idx = FolderIndex(folder.path, self.events, folder.address, folder.name, self.fsync)
+                if self.events is not None:
+                    # announced changes mark the index even while no session has it open
+                    idx._token = self.events.subscribe(
+                        folder.address, folder.name, lambda _a, _f, what, i=idx: i.invalidate(what))
             self._open[k] = idx
         idx.users += 1
         return idx
+
+    def _drop(self, idx: FolderIndex) -> None:
+        token = getattr(idx, "_token", None)
+        if token is not None and self.events is not None:
+            self.events.unsubscribe(token)
+            idx._token = None
 
     def peek(self, folder) -> FolderIndex | None:
         return self._open.get(str(folder.path))
@@ -586,12 +674,15 @@ class IndexRegistry:
             del self._open[k]
             self._idle[k] = idx
             while len(self._idle) > self.keep:
-                self._idle.pop(next(iter(self._idle)))
+                self._drop(self._idle.pop(next(iter(self._idle))))
 
     def forget(self, path) -> None:
         """A folder was deleted or renamed: drop its index."""
         k = str(path)
-        self._idle.pop(k, None)
+        old = self._idle.pop(k, None)
+        if old is not None:
+            self._drop(old)
         idx = self._open.pop(k, None)
         if idx is not None:
+            self._drop(idx)
             idx._dirty_all = True
