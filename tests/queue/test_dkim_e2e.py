@@ -133,3 +133,27 @@ def test_submission_to_remote_bounces_back_to_the_user(tmp_path, fakenet):
         wait_queue_empty(env)
     finally:
         server.stop()
+
+
+def test_mx_alias_to_remote_address_is_forwarded_through_the_queue(tmp_path, fakenet):
+    root = tmp_path / "mh"
+    root.mkdir()
+    env = MailhubEnv(root, fakenet.toml())
+    env.add_user("alice@example.com", "alice-pw")
+    env.cli("alias", "add", "team@example.com", "alice@example.com", "far@pref.test")
+    server = MailhubServer(env).start()
+    try:
+        s = smtplib.SMTP("127.0.0.1", server.port("mx"), timeout=20)
+        try:
+            s.sendmail("outsider@nomx.test", ["team@example.com"],
+                       b"From: outsider@nomx.test\r\nSubject: to the team\r\n\r\nhi all\r\n")
+        finally:
+            s.quit()
+        [got] = fakenet.wait_received("mx-a", 1)
+        assert got["rcpts"] == ["far@pref.test"]
+        assert "Subject: to the team" in got["data"]
+        assert not got["data"].startswith("DKIM-Signature")  # not our user's mail: unsigned
+        wait_until(lambda: env.messages("alice@example.com"), 10, "the local copy")
+        wait_queue_empty(env)
+    finally:
+        server.stop()
