@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="add one py-spy profiled mailhub run per scenario to the report")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install peers")
+    ap.add_argument("--report-from", type=Path, metavar="RESULTS_JSON",
+                    help="only rewrite RESULTS.md/ratios.png from a results.json (e.g. after "
+                         "editing bench/analysis.md); runs nothing")
     args = ap.parse_args(argv)
+    if args.report_from:
+        return rewrite_report(args.report_from, args.out)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in SCENARIOS]
     if unknown:
@@ -82,17 +87,33 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"date": report.now_utc(), "command": command, "quick": args.quick,
             "rounds": args.rounds, "duration_s": time.monotonic() - t0,
             "machine": report.machine_info(), "only": only, "skipped": b.skipped,
-            "profiles": b.profiles}
+            "profiles": b.profiles, "methodology": methodology}
     report.write_json(args.out / "results.json", b.results, meta)
-    chart = report.write_chart(args.out / "ratios.png", b.results)
-    analysis_path = HERE / "analysis.md"
-    analysis = analysis_path.read_text() if analysis_path.exists() else ""
-    report.write_markdown(args.out / "RESULTS.md", b.results, meta, b.skipped, b.profiles,
-                          methodology, analysis, chart)
+    write_report(args.out, b.results, meta)
     b.log(f"wrote {args.out / 'RESULTS.md'} ({len(b.results)} cases, "
           f"{len(b.skipped)} scenarios not measured) in {meta['duration_s']:.0f} s")
     left = procs.owned_pids()
     if left:
         b.log(f"error: processes still running: {left}")
         return 1
+    return 0
+
+
+def write_report(out: Path, results, meta: dict) -> None:
+    chart = report.write_chart(out / "ratios.png", results)
+    analysis_path = HERE / "analysis.md"
+    analysis = analysis_path.read_text() if analysis_path.exists() else ""
+    report.write_markdown(out / "RESULTS.md", results, meta, meta.get("skipped", {}),
+                          meta.get("profiles", {}), meta.get("methodology", {}), analysis, chart)
+
+
+def rewrite_report(results_json: Path, out: Path) -> int:
+    import json
+    from bench.stats import CaseResult
+    data = json.loads(results_json.read_text())
+    fields = set(CaseResult.__dataclass_fields__)
+    results = [CaseResult(**{k: v for k, v in r.items() if k in fields}) for r in data["results"]]
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(out, results, data["meta"])
+    print(f"wrote {out / 'RESULTS.md'} from {results_json}")
     return 0

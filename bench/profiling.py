@@ -9,11 +9,13 @@ from pathlib import Path
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
 
 
+_MAILHUB_DIRS = ("smtpserver/", "store/", "queue/", "imapserver/", "pop3server/", "auth/",
+                 "directory/", "mda/", "dkim/", "dns/", "cli/")
 IDLE_LEAVES = ("Condition.wait", "EPollReactor.doPoll", "Event.wait", "_wait_for_tstate_lock",
                "Thread.join", "select (", "poll (")
 
 
-def parse_collapsed(text: str) -> tuple[Counter, Counter, Counter, int, int]:
+def parse_collapsed(text: str, callers: dict | None = None) -> tuple[Counter, Counter, Counter, int, int]:
     """From py-spy raw (collapsed) stacks: (self samples per function, inclusive samples per
     mailhub function, self samples per area, busy samples, idle samples). Samples whose leaf
     is a wait (epoll, a thread pool's condition) count as idle and are left out."""
@@ -36,9 +38,13 @@ def parse_collapsed(text: str) -> tuple[Counter, Counter, Counter, int, int]:
         busy += n
         self_c[frames[-1]] += n
         areas[_area(raw[-1])] += n
-        for f, r in set(zip(frames, raw)):
-            if "mailhub/" in r:
-                incl[f] += n
+        mine = [f for f, r in zip(frames, raw) if "mailhub/" in r]
+        for f in set(mine):  # a recursive function counts once per sample
+            incl[f] += n
+        if callers is not None:
+            via = next((f for f in reversed(mine) if f != frames[-1]), None)
+            if via:
+                callers.setdefault(frames[-1], Counter())[via] += n
     return self_c, incl, areas, busy, idle
 
 
@@ -71,14 +77,22 @@ def summarize(path: Path, top: int = 12) -> dict:
         text = Path(path).read_text(errors="replace")
     except OSError as e:
         return {"error": f"no profile: {e}"}
-    self_c, incl, areas, busy, idle = parse_collapsed(text)
+    callers: dict = {}
+    self_c, incl, areas, busy, idle = parse_collapsed(text, callers)
     if not busy:
         return {"error": "empty profile"}
 
     def pct(c: Counter, k: int):
         return [(name, round(100.0 * n / busy, 1)) for name, n in c.most_common(k)]
 
-    return {"samples": busy, "idle_samples": idle, "self": pct(self_c, top),
+    def via(name: str) -> str:
+        c = callers.get(name)
+        return f"{name} <- {c.most_common(1)[0][0]}" if c and "mailhub/" not in name.split("(")[-1] \
+            and not name.split("(")[-1].startswith(tuple(_MAILHUB_DIRS)) else name
+
+    self_top = [(via(name), p) for name, p in pct(self_c, top)]
+
+    return {"samples": busy, "idle_samples": idle, "self": self_top,
             "inclusive": pct(incl, top), "areas": pct(areas, top)}
 
 

@@ -142,11 +142,16 @@ def write_markdown(path: Path, results: list[CaseResult], meta: dict, skipped: d
         for k, v in skipped.items():
             out.append(f"- **{k}**: {v}")
         out.append("")
-    out += ["## Summary", "", "| scenario | case | ratio | target met |", "|---|---|---|---|"]
+    out += ["## Summary", "",
+            "Target: ratio >= 1 (as fast as the peer), except where an absolute target is named.",
+            "", "| scenario | case | ratio | target | met |", "|---|---|---|---|---|"]
     for r in results:
         ratio = r.ratio
-        out.append(f"| {r.scenario} | {r.case} | {_fmt(ratio) if ratio else r.status} | "
-                   f"{'yes' if ratio and ratio >= 1 else ('no' if ratio else '–')} |")
+        met = r.target_met
+        target = (f"mailhub {'<' if not r.higher_is_better else '>'} {r.target_abs:g} {r.metric}"
+                  if r.target_abs is not None else "ratio >= 1")
+        out.append(f"| {r.scenario} | {r.case} | {_fmt(ratio) if ratio else r.status} | {target} | "
+                   f"{'yes' if met else ('no' if met is not None else '–')} |")
     out.append("")
     seen = []
     for r in results:

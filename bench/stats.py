@@ -25,6 +25,20 @@ class CaseResult:
     status: str = "ok"               # "ok", "not ready: ...", "error: ..."
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    # an absolute target for mailhub's median instead of "ratio >= 1" (the IDLE scenario's
+    # "under 500 MB", "under 100 ms"): below it when lower is better, above it otherwise
+    target_abs: float | None = None
+
+    @property
+    def target_met(self) -> bool | None:
+        if self.target_abs is not None:
+            s = self.summary(self.mailhub)
+            if not s:
+                return None
+            return s["median"] < self.target_abs if not self.higher_is_better \
+                else s["median"] > self.target_abs
+        r = self.ratio
+        return None if r is None else r >= 1.0
 
     @staticmethod
     def summary(values: list[float]) -> dict | None:
@@ -47,6 +61,7 @@ class CaseResult:
         d["mailhub_summary"] = self.summary(self.mailhub)
         d["peer_summary"] = self.summary(self.peer_values)
         d["ratio"] = self.ratio
+        d["target_met"] = self.target_met
         return d
 
 

@@ -23,10 +23,10 @@ from bench.procs import MemorySampler
 from bench.stats import CaseResult
 
 METHODOLOGY = {
-    "imap": __doc__.split("\n\n")[1].replace("\n", " ") + (
+    "imap": " ".join(__doc__.split("\n\n")[1].split("Mixed load: ")[0].split()) + (
         " Times are wall seconds seen by a minimal raw client (it only splits responses, "
         "literals included), so client cost is small and equal for both."),
-    "imapmix": __doc__.split("\n\n")[1].split("Mixed load: ")[1].replace("\n", " "),
+    "imapmix": "Mixed load: " + " ".join(__doc__.split("\n\n")[1].split("Mixed load: ")[1].split()),
 }
 SEARCH_FROM = "sender03@senders.example"
 

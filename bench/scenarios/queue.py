@@ -22,7 +22,7 @@ from bench.stats import CaseResult
 RELAY_DOMAIN = "relay.bench.example"
 SENDER = f"sender@{DOMAIN}"
 
-METHODOLOGY = {"queue": __doc__.split("\n", 1)[1].replace("\n", " ") + (
+METHODOLOGY = {"queue": " ".join(__doc__.split()) + (
     " Each system keeps its shipped concurrency defaults (mailhub: `queue.max_connections_per_"
     "domain` = 10; Postfix: `default_destination_concurrency_limit` = 20 with slow start). "
     "Throughput = messages / seconds from the flush until the sink's counter reaches them all.")}
