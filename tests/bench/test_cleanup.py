@@ -15,8 +15,10 @@ from bench import maildir_gen, procs
 from bench.clients.spawn import run_once
 
 needs = lambda *tools: pytest.mark.skipif(  # noqa: E731
-    any(shutil.which(t) is None and not os.path.exists(f"/usr/sbin/{t}") for t in tools),
-    reason=f"needs {', '.join(tools)} (Debian postfix / dovecot; python -m bench installs them)")
+    os.geteuid() != 0
+    or any(shutil.which(t) is None and not os.path.exists(f"/usr/sbin/{t}") for t in tools),
+    reason=f"needs root and {', '.join(tools)} (Debian postfix / dovecot; python -m bench "
+           "installs them)")
 
 
 @pytest.fixture
