@@ -304,10 +304,13 @@ class IMAPServerProtocol(Protocol):
             text = f"[{code}] {text}"
         self._write(f"{cmd.tag} {status} {text}\r\n".encode("utf-8", "replace"))
 
-    def _send_updates(self, allow_expunge: bool = True):
+    def _send_updates(self, allow_expunge: bool = True, announced_only: bool = False):
         sel = self.selected
         try:
-            sel.index.sync()
+            if announced_only:
+                sel.index.sync_announced()
+            else:
+                sel.index.sync()
         except FileNotFoundError:
             self._write(b"* BYE Selected mailbox was deleted\r\n")
             self._flush()
@@ -591,7 +594,7 @@ class IMAPServerProtocol(Protocol):
         self._idle_push_call = None
         if self._idle_tag is None or self.selected is None or self.state == LOGOUT:
             return
-        self._send_updates(True)
+        self._send_updates(True, announced_only=True)
         self._flush()
 
     def cmd_create(self, cmd):

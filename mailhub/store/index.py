@@ -276,6 +276,12 @@ class FolderIndex:
         except FileNotFoundError:
             return (None, None)
 
+    def sync_announced(self) -> None:
+        """Apply announced changes only (no stat when none is pending): used when one event
+        fans out to many IDLE sessions of the same folder."""
+        if self._dirty_all or self._dirty_new:
+            self.sync()
+
     def sync(self) -> None:
         mt = self._stat_mtimes()
         if mt[0] is None:
