@@ -122,6 +122,13 @@ class SelectedMailbox:
             if not n:
                 return out
             largest = view[-1]
+            rs = seqset.resolve(largest)
+            if len(rs) == 1 and rs[0][0] <= view[0] and rs[0][1] >= largest:
+                # the whole mailbox (1:*): no per-message range bookkeeping
+                if same:
+                    return [(i + 1, u, i) for i, u in enumerate(view)]
+                pos = self.index.pos
+                return [(i + 1, u, pos(u)) for i, u in enumerate(view)]
             seen = set()
             for lo, hi in seqset.resolve(largest):
                 a = bisect.bisect_left(view, lo)

@@ -273,6 +273,14 @@ class IMAPServerProtocol(Protocol):
         except (FolderError, StoreError) as e:
             self._finish(cmd, "NO", str(e))
             return
+        except OSError as e:
+            log.failure("imap {cmd} failed", cmd=cmd.name)
+            self._finish(cmd, "NO", f"[SERVERBUG] {e.strerror or e}")
+            return
+        except Exception:
+            log.failure("imap {cmd} failed", cmd=cmd.name)
+            self._finish(cmd, "NO", "[SERVERBUG] Internal error")
+            return
         if isinstance(result, defer.Deferred):
             self._busy = True
 
@@ -1072,6 +1080,23 @@ class IMAPServerProtocol(Protocol):
         out = self._out
         flags = idx.flags
         modseqs = idx.modseqs
+        names = [a.name for a in atts]
+        if changedsince is None and names in (["UID", "FLAGS"], ["FLAGS", "UID"]):
+            # the start-up resync of every client (UID FETCH 1:* (FLAGS)): one pass, one join
+            def fb(letters, uid):
+                v = cache.get((letters, uid in recent))
+                return v if v is not None else flags_bytes(idx, letters, uid in recent, cache)
+            if names[0] == "UID":
+                lines = [b"* %d FETCH (UID %d FLAGS %s)\r\n" % (s, u, fb(flags[p], u))
+                         for s, u, p in targets if p >= 0]
+            else:
+                lines = [b"* %d FETCH (FLAGS %s UID %d)\r\n" % (s, fb(flags[p], u), u)
+                         for s, u, p in targets if p >= 0]
+            for i in range(0, len(lines), 8192):
+                out.append(b"".join(lines[i:i + 8192]))
+                self._flush()
+                out = self._out
+            return
         parts = []
         for a in atts:
             parts.append(a.name)
