@@ -186,3 +186,36 @@ def test_delivery_through_store_is_picked_up(store):
     idx = FolderIndex(folder.path, fsync=False)
     idx.sync()
     assert len(idx.uids) == 1 and idx.files[0].startswith("new/")
+
+
+def test_header_cache_persists_and_rebuilds(tmp_path):
+    from mailhub.store.cache import CACHE_FILE, HeaderCache, extract_fields
+    hdr = (b"Received: from x\r\nFrom: A <a@x.org>\r\nSubject: long\r\n subject folded\r\n"
+           b"X-Other: no\r\nTo: b@y.org\r\n\r\n")
+    fields = extract_fields(hdr)
+    assert fields == b"From: A <a@x.org>\r\nSubject: long\r\n subject folded\r\nTo: b@y.org\r\n"
+    c = HeaderCache(tmp_path)
+    assert c.get("k1") is None
+    c.put("k1", fields)
+    c.put("k2", b"Subject: two\r\n")
+    c.flush()
+    with open(tmp_path / CACHE_FILE, "ab") as f:
+        f.write(b"k3\t100\nSubject: torn")  # crash in the middle of a record
+    c2 = HeaderCache(tmp_path)
+    assert c2.get("k1") == fields and c2.get("k2") == b"Subject: two\r\n" and c2.get("k3") is None
+    (tmp_path / CACHE_FILE).unlink()
+    c3 = HeaderCache(tmp_path)
+    assert c3.get("k1") is None  # rebuilt lazily from the messages by its users
+
+
+def test_header_cache_compaction(tmp_path):
+    from mailhub.store.cache import CACHE_FILE, HeaderCache
+    c = HeaderCache(tmp_path)
+    for i in range(2000):
+        c.put(f"key{i}", b"Subject: " + b"x" * 60 + b"\r\n")
+    c.flush()
+    big = (tmp_path / CACHE_FILE).stat().st_size
+    c.flush(live_keys=["key1", "key2"])
+    assert (tmp_path / CACHE_FILE).stat().st_size < big / 100
+    c2 = HeaderCache(tmp_path)
+    assert c2.get("key1") and c2.get("key2") and c2.get("key3") is None
