@@ -86,7 +86,8 @@ class SelectedMailbox:
         self.known_modseq = index.highestmodseq
         self.recent: set[int] = set()
         self.reported: dict[int, int] = {}
-        self.flag_cache: dict = {}
+        self.flag_cache: dict = index.flag_cache  # shared: letters -> bytes never changes
+        self.keywords_seen = len(index.keywords)
         if not readonly:
             self._claim_recent(index.uids)
 
@@ -96,6 +97,20 @@ class SelectedMailbox:
             start = bisect.bisect_left(uids, idx.recent_floor)
             self.recent.update(uids[start:])
             idx.recent_floor = idx.uidnext
+
+    def flags_lines(self) -> list[bytes]:
+        """FLAGS and PERMANENTFLAGS, with this folder's keywords."""
+        idx = self.index
+        kw = "".join(" " + k for k in idx.keywords if k)
+        flags = "\\Answered \\Flagged \\Deleted \\Seen \\Draft" + kw
+        out = [f"* FLAGS ({flags})\r\n".encode("utf-8", "surrogateescape")]
+        if self.readonly:
+            out.append(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
+        else:
+            perm = flags + (" \\*" if len(idx.keywords) < 26 else "")
+            out.append(f"* OK [PERMANENTFLAGS ({perm})] Flags permitted\r\n".encode(
+                "utf-8", "surrogateescape"))
+        return out
 
     @property
     def exists(self) -> int:
@@ -190,6 +205,9 @@ class SelectedMailbox:
             if len(self.view) != old_len or appended:
                 out.append(b"* %d EXISTS\r\n" % len(self.view))
                 out.append(b"* %d RECENT\r\n" % len(self.recent))
+        if len(idx.keywords) != self.keywords_seen:
+            self.keywords_seen = len(idx.keywords)
+            out.extend(self.flags_lines())
         # flag changes since the last report
         if idx.highestmodseq > self.known_modseq:
             uids = self._changed_since(self.known_modseq, old_max)

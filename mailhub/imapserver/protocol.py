@@ -546,21 +546,16 @@ class IMAPServerProtocol(Protocol):
         self.selected = sel
         self.state = SELECTED
         self._sel_token = self.ctx.events.subscribe(folder.address, folder.name, self._on_event)
-        kw = [k for k in idx.keywords if k]
-        flags = "\\Answered \\Flagged \\Deleted \\Seen \\Draft" + "".join(" " + k for k in kw)
         w = self._write
-        w(f"* FLAGS ({flags})\r\n".encode("utf-8", "surrogateescape"))
+        fl = sel.flags_lines()
+        w(fl[0])
         w(b"* %d EXISTS\r\n* %d RECENT\r\n" % (sel.exists, len(sel.recent)))
         first_unseen = next((i + 1 for i, f in enumerate(idx.flags) if "S" not in f), 0)
         if first_unseen:
             w(b"* OK [UNSEEN %d] First unseen\r\n" % first_unseen)
         w(b"* OK [UIDVALIDITY %d] UIDs valid\r\n* OK [UIDNEXT %d] Predicted next UID\r\n"
           % (idx.uidvalidity, idx.uidnext))
-        if readonly:
-            w(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
-        else:
-            perm = flags + (" \\*" if len(idx.keywords) < 26 else "")
-            w(f"* OK [PERMANENTFLAGS ({perm})] Flags permitted\r\n".encode("utf-8", "surrogateescape"))
+        w(fl[1])
         w(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % idx.highestmodseq)
         if qr is not None:
             self._qresync_select(sel, *qr)

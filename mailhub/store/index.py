@@ -91,6 +91,7 @@ class FolderIndex:
         self._names_cur: set[str] = set()
         self.users = 0
         self.cache = HeaderCache(self.path)
+        self.flag_cache: dict = {}  # for protocol code: (letters, recent) -> wire bytes
         self._load()
 
     # -- persistence -----------------------------------------------------------------------

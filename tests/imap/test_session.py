@@ -525,3 +525,15 @@ def test_search_and_envelope_survive_cache_loss(folder, imap_server):
     assert c2.fetch([1], ["ENVELOPE"])[1][b"ENVELOPE"].subject == b"cached subject"
     assert b"dora@cache.example" in cache.read_bytes()
     c2.logout()
+
+
+def test_new_keyword_announces_flags(folder, imap_server):
+    c, name = folder
+    c.append(name, make_message())
+    r = imap_server.raw()
+    r.cmd(b"LOGIN alice@example.com pw-alice")
+    r.cmd(b"SELECT " + name.encode())
+    out = r.cmd(b"STORE 1 +FLAGS (Project-X)")
+    assert any(l.startswith(b"* FLAGS (") and b"Project-X" in l for l in out)
+    assert any(b"[PERMANENTFLAGS (" in l and b"Project-X" in l and b"\\*" in l for l in out)
+    r.close()
