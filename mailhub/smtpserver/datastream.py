@@ -110,7 +110,7 @@ class HeaderFixer:
     With nothing needed the fixer is a pass-through. Input must be CRLF-normalised.
     """
 
-    MAX_HEADER = 1024 * 1024  # past this, stop looking (and add nothing)
+    MAX_HEADER = 256 * 1024  # past this, stop looking (and add nothing); bounds memory
 
     def __init__(self, need: dict[str, Callable[[], bytes]] | None = None) -> None:
         self.need = dict(need or {})

@@ -118,3 +118,10 @@ def test_header_fixer_keeps_present_fields_and_handles_header_only_message():
     msg = b"Received: a\r\nreceived: b\r\n c\r\nSubject: x\r\n\r\nReceived: body\r\n"
     assert b"".join(fx.feed(msg[i:i + 7]) for i in range(0, len(msg), 7)) + fx.finish() == msg
     assert fx.received == 2
+
+
+def test_header_fixer_holds_a_bounded_amount():
+    fx = HeaderFixer({"date": lambda: b"Date: d\r\n"})
+    out = fx.feed(b"X-Long: " + b"a" * (HeaderFixer.MAX_HEADER + 10))  # no line end at all
+    assert fx.done and len(out) == HeaderFixer.MAX_HEADER + 18  # passed on, nothing added
+    assert fx.feed(b"\r\n\r\nbody") == b"\r\n\r\nbody"
