@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench " + " ".join(shlex.quote(a) for a in argv)
     b.log(f"{command}  (temp dir {b.root})")
     t0 = time.monotonic()
+    load_before = _loadavg()
     methodology = {}
     try:
         for name in only:
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"date": report.now_utc(), "command": command, "quick": args.quick,
             "rounds": args.rounds, "duration_s": time.monotonic() - t0,
             "machine": report.machine_info(), "only": only, "skipped": b.skipped,
-            "profiles": b.profiles, "methodology": methodology}
+            "profiles": b.profiles, "methodology": methodology,
+            "loadavg": {"before": load_before, "after": _loadavg()}}
     report.write_json(args.out / "results.json", b.results, meta)
     write_report(args.out, b.results, meta)
     b.log(f"wrote {args.out / 'RESULTS.md'} ({len(b.results)} cases, "
@@ -117,3 +119,11 @@ def rewrite_report(results_json: Path, out: Path) -> int:
     write_report(out, results, data["meta"])
     print(f"wrote {out / 'RESULTS.md'} from {results_json}")
     return 0
+
+
+def _loadavg() -> list[float]:
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except OSError:
+        return []

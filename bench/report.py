@@ -128,6 +128,10 @@ def write_markdown(path: Path, results: list[CaseResult], meta: dict, skipped: d
            f"- **Software:** mailhub {m.get('commit', '?')} ({m.get('tree', '?')}), Python "
            f"{m.get('python')}, Twisted {m.get('twisted', '?')}; Postfix {m.get('postfix')}, "
            f"Dovecot {m.get('dovecot')} (Debian packages)",
+           *([f"- **Load average** (1/5/15 min) before the run: "
+              f"{' / '.join(str(x) for x in meta['loadavg'].get('before', []))}, after: "
+              f"{' / '.join(str(x) for x in meta['loadavg'].get('after', []))} (anything above "
+              f"~1 means other work shared the 2 cores)"] if meta.get("loadavg") else []),
            "",
            "Each cell: median (min–max) over the rounds; mailhub and the peer alternate "
            "(A B A B ...). **Ratio** = how many times faster mailhub is (throughput: "
