@@ -25,8 +25,9 @@ PARTIAL_LINE_LIMIT = 16384
 
 def _normalize(block: bytes) -> bytes:
     """Bare LF -> CRLF (CRLF kept as is). ``block`` never ends inside a CRLF pair."""
-    if b"\n" not in block:
-        return block
+    n = block.count(b"\n")
+    if n == 0 or n == block.count(b"\r\n"):
+        return block  # the common case: no bare LF, no copy
     return block.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
@@ -51,17 +52,23 @@ class DotDecoder:
             out = self._lines(buf[:-1], complete=False)
             self._carry = buf[-1:]
             return out, False, b""
-        block = buf[: last_nl + 1]
-        ctx = self._prev + block
-        i = ctx.find(b"\r\n.\r\n")
-        if i >= 0:
-            # the "." line starts at block offset i (ctx has 2 bytes of prefix)
-            out = self._lines(block[:i], complete=True) if i else b""
+        # the end: a "." line at the start after a CRLF, or "\r\n.\r\n" inside
+        if self._prev == b"\r\n" and buf.startswith(b".\r\n"):
+            dot = 0
+        else:
+            dot = buf.find(b"\r\n.\r\n", 0, last_nl + 1)
+            if dot >= 0:
+                dot += 2
+        if dot >= 0:
+            out = self._lines(buf[:dot], complete=True) if dot else b""
             self.done = True
             self._carry = b""
-            return out, True, buf[i + 3:]
+            return out, True, buf[dot + 3:]
+        if last_nl == len(buf) - 1:
+            self._carry = b""
+            return self._lines(buf, complete=True), False, b""
         self._carry = buf[last_nl + 1:]
-        return self._lines(block, complete=True), False, b""
+        return self._lines(buf[: last_nl + 1], complete=True), False, b""
 
     def _lines(self, block: bytes, complete: bool) -> bytes:
         """Decode ``block``: whole lines when ``complete``, else the start of a long line."""

@@ -125,3 +125,35 @@ def test_header_fixer_holds_a_bounded_amount():
     out = fx.feed(b"X-Long: " + b"a" * (HeaderFixer.MAX_HEADER + 10))  # no line end at all
     assert fx.done and len(out) == HeaderFixer.MAX_HEADER + 18  # passed on, nothing added
     assert fx.feed(b"\r\n\r\nbody") == b"\r\n\r\nbody"
+
+
+def reference_decode(wire: bytes):
+    """Line by line, the obvious way: the specification DotDecoder must match."""
+    out, pos, prev_crlf = [], 0, True
+    while True:
+        nl = wire.find(b"\n", pos)
+        if nl < 0:
+            return None
+        line = wire[pos:nl + 1]
+        pos = nl + 1
+        if line == b".\r\n" and prev_crlf:
+            return b"".join(out), wire[pos:]
+        prev_crlf = line.endswith(b"\r\n")
+        if line.startswith(b"."):
+            line = line[1:]
+        if not line.endswith(b"\r\n"):
+            line = line[:-1] + b"\r\n"
+        out.append(line)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dot_decoder_matches_the_line_by_line_reference(seed):
+    rng = random.Random(seed)
+    tokens = [b".", b"..", b"\r", b"\n", b"\r\n", b"x", b"yz", b".\r\n", b"\r\n.\r\n", b"\n.\n"]
+    for _ in range(300):
+        wire = b"".join(rng.choice(tokens) for _ in range(rng.randint(0, 40))) + b"\r\n.\r\nTAIL"
+        expected = reference_decode(wire)
+        assert expected is not None
+        for sizes in (iter(lambda: 1, None), iter(lambda: rng.randint(1, 9), None),
+                      iter(lambda: 10 ** 6, None)):
+            assert decode_all(wire, sizes) == expected, wire
