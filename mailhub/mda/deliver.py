@@ -52,6 +52,27 @@ class DeliveryAgent:
         d.addCallback(lambda keys: list(zip(recipients, keys)))
         return d
 
+    def open_copy(self, sender: str, recipient: str, folder: str = "INBOX"):
+        """Start the copy for one recipient that the caller fills itself (SMTP streams DATA
+        straight into it when a message has a single local recipient: no spool copy and one
+        thread hand-off less). Returns the store's MessageWriter, Return-Path and
+        Delivered-To already written; StoreError if it cannot be created. Publish it with
+        ``commit_copies``, or ``abort()`` it."""
+        w = self.store.new_message(recipient, folder)
+        try:
+            w.write(trace_headers(sender, recipient))
+        except Exception:
+            w.abort()
+            raise
+        return w
+
+    def commit_copies(self, copies: list[tuple[str, object]]) -> defer.Deferred:
+        """Publish writers from ``open_copy`` durably: fires with [(address, key)]."""
+        writers = [w for _addr, w in copies]
+        d = self.store.commit(writers)
+        d.addCallback(lambda keys: [(a, k) for (a, _w), k in zip(copies, keys)])
+        return d
+
     def _prepare(self, sender, recipients, source, prefix, folder):
         """(worker thread) One filled MessageWriter per recipient, or StoreError and nothing
         left behind."""

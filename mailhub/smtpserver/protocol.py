@@ -32,7 +32,7 @@ from mailhub.smtpserver.parser import (
     SMTPError, b64decode, b64encode, decode_plain, parse_bdat, parse_command, parse_mail_rcpt,
     reply,
 )
-from mailhub.smtpserver.spool import SpoolSink
+from mailhub.smtpserver.spool import MaildirSink, SpoolSink
 from mailhub.store.interfaces import StoreError
 
 log = Logger(namespace="mailhub.smtp")
@@ -614,7 +614,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
     def _start_message(self) -> None:
         f = self.factory
         self.qid = new_queue_id()
-        self.sink = SpoolSink(f.spool_dir, self.qid, f.memory_limit)
+        self.sink = self._direct_sink() or SpoolSink(f.spool_dir, self.qid, f.memory_limit)
         self._msg_size = 0
         self._oversize = False
         self._store_error = None
@@ -630,12 +630,25 @@ class ESMTPServer(Protocol, TimeoutMixin):
         else:
             self._fixer = HeaderFixer()  # counts Received: fields only
 
+    def _direct_sink(self):
+        """A single local recipient and nothing else: stream into its Maildir at once."""
+        mda = self.factory.ctx.mda
+        if len(self.local) != 1 or self.remote or not hasattr(mda, "open_copy"):
+            return None
+        rcpt = next(iter(self.local))
+        try:
+            return MaildirSink(rcpt, mda.open_copy(self.mail.address, rcpt))
+        except StoreError:
+            return None  # the spool path will meet (and report) the same problem at the end
+
     def _write(self, data: bytes) -> None:
         if self._store_error is None:
             try:
                 self.sink.write(data)
             except StoreError as e:
                 self._store_error = e
+            except OSError as e:
+                self._store_error = StoreError(f"cannot write message: {e.strerror or e}")
 
     def _received_header(self) -> bytes:
         f = self.factory
@@ -751,13 +764,13 @@ class ESMTPServer(Protocol, TimeoutMixin):
             sink.discard()
             self._delivery_failed(qid, e)
             return
-        if isinstance(source, bytes):
-            pass
-        else:
+        if isinstance(source, os.PathLike):
             source = str(source)
         self._set_busy()
         ds = []
         try:
+            if isinstance(sink, MaildirSink):  # already written into the mailbox's tmp/
+                ds.append(f.ctx.mda.commit_copies([(sink.recipient, source)]))
             if remote:
                 queue = f.ctx.queue
                 if queue is None:
@@ -766,7 +779,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
                 dkim = sender.rpartition("@")[2].lower() if user else None
                 ds.append(defer.maybeDeferred(queue.enqueue, sender, remote, str(qpath),
                                               dkim_domain=dkim))
-            if local:
+            if local and not isinstance(sink, MaildirSink):
                 ds.append(f.ctx.mda.deliver(sender, local, source))
         except Exception as e:  # noqa: BLE001 - reported as a temporary failure below
             ds.append(defer.fail(e))

@@ -7,6 +7,9 @@ no file at all on its way to the Maildir (the MDA writes it straight into the ma
 tmp/ and fsyncs it there). The spool file is not fsynced: nothing is acknowledged on its
 strength; the 250 waits for the Maildir commit or the queue's own fsync.
 
+``MaildirSink`` is the short cut for a message with a single local recipient: it writes
+straight into that mailbox's tmp/ file (opened by the MDA), so there is no copy at all.
+
 ``export_copy()`` gives the outbound queue its own file (the queue takes ownership and moves
 it). ``discard()`` removes whatever is left. Stale spool files from a crash are removed at
 start-up by ``clean_spool_dir``.
@@ -123,3 +126,26 @@ class SpoolSink:
             except OSError:
                 pass
         self._exports = []
+
+
+class MaildirSink:
+    """Writes the message straight into one Maildir tmp/ file (``DeliveryAgent.open_copy``)."""
+
+    in_memory = False
+
+    def __init__(self, recipient: str, writer):
+        self.recipient = recipient
+        self.writer = writer
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.writer.write(data)  # StoreError on failure (the writer is then aborted)
+            self.size += len(data)
+
+    def finish(self):
+        return self.writer
+
+    def discard(self) -> None:
+        """Remove the tmp/ file unless it was published (abort only touches tmp/)."""
+        self.writer.abort()

@@ -238,6 +238,10 @@ def test_store_error_452_and_server_survives(smtp_server, smtp_env):
         assert e.value.smtp_code == 452 and e.value.smtp_error.startswith(b"4.3.1")
         # nothing half-delivered: the other recipient's copy is not visible either
         assert smtp_env.messages("bob@example.com") == []
+        # a single recipient (streamed straight into the Maildir when it can be) too
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            s.sendmail("a@remote.example", ["alice@example.com"], b"Subject: x\r\n\r\ny\r\n")
+        assert e.value.smtp_code == 452
     finally:
         (md / "tmp").unlink()
         (md / "tmp.away").rename(md / "tmp")
@@ -292,3 +296,25 @@ def test_raw_data_dots_bare_lf_long_lines_and_8bit(smtp_server, smtp_env):
     data = path.read_bytes()
     assert data.endswith(b"Subject: raw\r\n\r\n.leading dot\r\nbare lf line\r\n" + long_line
                          + b"\r\n8bit: \xc3\xa4\xff\r\n\r\n..\r\n")
+
+
+def test_client_vanishing_mid_data_leaves_nothing_behind(smtp_server, smtp_env):
+    for rcpts in (["alice@example.com"], ["alice@example.com", "bob@example.com"]):
+        sock = socket.create_connection(("127.0.0.1", smtp_server.port("mx")), timeout=10)
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"HELO x.example\r\nMAIL FROM:<a@remote.example>\r\n"
+                     + b"".join(f"RCPT TO:<{r}>\r\n".encode() for r in rcpts) + b"DATA\r\n")
+        for _ in range(3 + len(rcpts)):
+            assert f.readline()[:1] in (b"2", b"3")
+        sock.sendall(b"Subject: cut\r\n\r\n" + b"z" * 500000)  # past the in-memory limit
+        time.sleep(0.3)
+        sock.close()
+    deadline = time.monotonic() + 5
+    leftovers = lambda: (list((smtp_env.maildir("alice@example.com") / "tmp").iterdir())
+                         + list((smtp_env.data_dir / "spool").iterdir()))
+    while leftovers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leftovers() == []
+    assert smtp_env.messages("alice@example.com") == []
+    assert smtp_env.messages("bob@example.com") == []

@@ -411,3 +411,29 @@ def test_mail_loop_is_refused_by_hop_count(smtp_unit):
     s.send("MAIL FROM:<a@r.example>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n" + hops
            + "Subject: fine\r\n\r\nx\r\n.\r\n")
     assert s.codes()[-1].startswith("250 2.0.0 Ok: queued")
+
+
+def test_single_local_recipient_streams_straight_into_the_maildir(smtp_unit):
+    from mailhub.mda import DeliveryAgent
+    smtp_unit.store.create_user("alice@example.com")
+    smtp_unit.store.create_user("bob@example.com")
+    smtp_unit.ctx.mda = DeliveryAgent(smtp_unit.store, smtp_unit.directory, reactor=smtp_unit.clock)
+    tmp = smtp_unit.store.user_dir("alice@example.com") / "tmp"
+    spool = smtp_unit.factory().spool_dir
+    s = smtp_unit.session()
+    ehlo(s)
+    s.send("MAIL FROM:<x@r.example>\r\nRCPT TO:<info@example.com>\r\nDATA\r\n")
+    s.send(b"Subject: direct\r\n\r\n" + (b"q" * 998 + b"\r\n") * 400)
+    [f] = list(tmp.iterdir())
+    assert list(spool.iterdir()) == []  # no spool copy, even past the memory limit
+    s.lose()
+    assert list(tmp.iterdir()) == []
+    # two recipients: the spool path
+    s = smtp_unit.session()
+    ehlo(s)
+    s.send("MAIL FROM:<x@r.example>\r\nRCPT TO:<alice@example.com>\r\n"
+           "RCPT TO:<bob@example.com>\r\nDATA\r\n")
+    s.send(b"Subject: spooled\r\n\r\n" + (b"q" * 998 + b"\r\n") * 400)
+    assert list(tmp.iterdir()) == [] and len(list(spool.iterdir())) == 1
+    s.lose()
+    assert list(spool.iterdir()) == []
