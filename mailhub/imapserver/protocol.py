@@ -910,7 +910,15 @@ class IMAPServerProtocol(Protocol):
         ra = lambda q: read_all(idx, q)  # noqa: E731
         re_ = lambda q: envelope_fields(idx, q)  # noqa: E731
         recent = sel.recent
-        for i, u in enumerate(sel.view):
+        program = S.precompute(program, idx, re_)
+        if program[0] == "AND" and len(program[1]) == 1 and program[1][0][0] == "POS" and same:
+            # a lone header key (UID SEARCH FROM x): the answer is the position set
+            for p in sorted(program[1][0][1]):
+                hits.append(idx.uids[p] if cmd.uid else p + 1)
+            view = ()
+        else:
+            view = sel.view
+        for i, u in enumerate(view):
             p = i if same else idx.pos(u)
             if p < 0:
                 continue

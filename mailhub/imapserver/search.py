@@ -2,6 +2,7 @@
 bodies read from the message file only when the program needs them (and only once)."""
 from __future__ import annotations
 
+import bisect
 import datetime as _dt
 import re
 
@@ -96,6 +97,8 @@ def matches(key, ctx: MessageContext, largest_seq: int, largest_uid: int) -> boo
     op = key[0]
     if op == "AND":
         return all(matches(k, ctx, largest_seq, largest_uid) for k in key[1])
+    if op == "POS":
+        return ctx.pos in key[1]
     if op == "ALL":
         return True
     if op == "FLAG":
@@ -165,3 +168,75 @@ def _cmp(op: str, d: _dt.date, ref: _dt.date) -> bool:
 
 
 M_FLAG = {"\\seen": "S", "\\answered": "R", "\\flagged": "F", "\\deleted": "T", "\\draft": "D"}
+
+
+# -- whole-folder evaluation of header keys ----------------------------------------------------
+
+def field_values(index, pos: int, name: bytes, read_env) -> str:
+    """Decoded, case-folded values of one cached field of one message, joined by newlines."""
+    raw = read_env(pos) or b""
+    rx = _FIELD_RX.get(name)
+    if rx is None:
+        rx = _FIELD_RX[name] = re.compile(
+            rb"^" + re.escape(name) + rb"[ \t]*:([^\n]*\n(?:[ \t][^\n]*\n)*)", re.I | re.M)
+    return "\n".join(M.decoded_header(_UNFOLD.sub(b"", m.group(1)).strip())
+                     for m in rx.finditer(raw))
+
+
+def column(index, name: bytes, read_env) -> list[str]:
+    """The field's text for every position, kept per index (message files never change, so
+    an entry is valid as long as its key exists)."""
+    cols = index.__dict__.setdefault("search_columns", {})
+    col = cols.setdefault(name, {})
+    out = []
+    keys = index.keys
+    for p in range(len(keys)):
+        v = col.get(keys[p])
+        if v is None:
+            v = col[keys[p]] = field_values(index, p, name, read_env)
+        out.append(v)
+    if len(col) > 2 * len(keys) + 100:
+        live = set(keys)
+        for k in [k for k in col if k not in live]:
+            del col[k]
+    return out
+
+
+def column_hits(index, name: bytes, needle: str, read_env) -> set[int]:
+    """Positions whose field contains needle: one substring scan over the joined column."""
+    col = column(index, name, read_env)
+    if not needle:
+        return {p for p, v in enumerate(col) if v}
+    sep = "\x00"
+    joined = sep.join(col)
+    hits = set()
+    starts = None
+    i = joined.find(needle)
+    while i >= 0:
+        if starts is None:
+            starts = []
+            acc = 0
+            for v in col:
+                starts.append(acc)
+                acc += len(v) + 1
+        hits.add(bisect.bisect_right(starts, i) - 1)
+        i = joined.find(needle, i + 1)
+    return hits
+
+
+def precompute(program, index, read_env):
+    """Replace FROM/TO/CC/BCC/SUBJECT and HEADER on cached fields by position sets."""
+    op = program[0]
+    if op == "AND":
+        return ("AND", tuple(precompute(k, index, read_env) for k in program[1]))
+    if op == "OR":
+        return ("OR", precompute(program[1], index, read_env), precompute(program[2], index, read_env))
+    if op == "NOT":
+        return ("NOT", precompute(program[1], index, read_env))
+    if op in HEADER_KEYS:
+        needle = program[1].decode("utf-8", "replace").casefold()
+        return ("POS", column_hits(index, HEADER_KEYS[op], needle, read_env))
+    if op == "HEADER" and program[1].lower() in CACHED_FIELDS:
+        needle = program[2].decode("utf-8", "replace").casefold()
+        return ("POS", column_hits(index, program[1].lower(), needle, read_env))
+    return program
