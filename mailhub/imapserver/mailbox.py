@@ -155,6 +155,8 @@ class SelectedMailbox:
                 u = view[i]
                 out.append((i + 1, u, i if same else self.index.pos(u)))
             return out
+        if n == 0 and all(lo is None or hi is None for lo, hi in seqset.ranges):
+            return out  # "1:*" on an empty mailbox: nothing, not an error (as Dovecot)
         seen = set()
         for lo, hi in seqset.resolve(n):
             if lo < 1 or hi > n:

@@ -537,3 +537,15 @@ def test_new_keyword_announces_flags(folder, imap_server):
     assert any(l.startswith(b"* FLAGS (") and b"Project-X" in l for l in out)
     assert any(b"[PERMANENTFLAGS (" in l and b"Project-X" in l and b"\\*" in l for l in out)
     r.close()
+
+
+def test_empty_mailbox_star_ranges(folder, imap_server):
+    c, name = folder
+    r = imap_server.raw()
+    r.cmd(b"LOGIN alice@example.com pw-alice")
+    r.cmd(b"SELECT " + name.encode())
+    assert r.cmd(b"FETCH 1:* (FLAGS)") == [b"t1 OK Fetch completed"]
+    assert r.cmd(b"UID FETCH 1:* (FLAGS)") == [b"t1 OK Fetch completed"]
+    assert r.cmd(b"SEARCH ALL") == [b"* SEARCH", b"t1 OK Search completed"]
+    assert r.cmd(b"FETCH 1 (FLAGS)")[-1].startswith(b"t1 BAD")
+    r.close()
