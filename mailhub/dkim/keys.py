@@ -105,6 +105,25 @@ class DKIMSigner:
         self.generate_missing = generate_missing
         self.log = log
 
+    def _key(self, domain: str) -> tuple[str, bytes] | None:
+        cur = self.keys.current(domain)
+        if cur is None and self.generate_missing:
+            self.keys.generate(domain)
+            cur = self.keys.current(domain)
+            if self.log:
+                self.log.info("generated a DKIM key for {domain}; publish it: mailhub "
+                              "dns-records {domain}", domain=domain)
+        return cur
+
+    def sign_file(self, domain: str, path) -> bytes:
+        """The same signature for a message file, read in chunks (any size)."""
+        from mailhub.dkim.stream import sign_file
+
+        cur = self._key(domain)
+        if cur is None:
+            return b""
+        return sign_file(path, cur[0], _domain(domain), cur[1])
+
     def sign(self, domain: str, message: bytes) -> bytes:
         import dkim
 

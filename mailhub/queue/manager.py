@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import heapq
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,13 +37,14 @@ from mailhub.queue.envelope import (
 )
 from mailhub.queue.interfaces import IOutboundQueue
 from mailhub.queue.smtpclient import ClientSession, SessionError
-from mailhub.queue.smtpwire import Reply, is_8bit
+from mailhub.queue.smtpwire import MessageFile, Reply, is_8bit
 from mailhub.queue.spool import Spool, fsync_dir
 
 log = Logger(namespace="mailhub.queue")
 
 MAX_RCPTS_PER_TRANSACTION = 100
 IDLE_KEEP = 2.0  # seconds an idle connection waits for more mail to the same destination
+STREAM_THRESHOLD = 256 * 1024  # larger messages are streamed from the spool, not read whole
 
 
 @dataclass
@@ -220,8 +222,10 @@ class OutboundQueue:
         prefix = b""
         if item.dkim_domain and self.signer is not None:
             try:
-                data = item.data if item.data is not None else item.path.read_bytes()
-                prefix = self.signer.sign(item.dkim_domain, data)
+                if item.data is not None:
+                    prefix = self.signer.sign(item.dkim_domain, item.data)
+                else:  # streamed: a 50 MB message is not read into memory to be signed
+                    prefix = self.signer.sign_file(item.dkim_domain, item.path)
             except Exception as e:  # noqa: BLE001  (a signing failure must not lose mail)
                 log.warn("DKIM signing for {domain} failed: {err}; sending unsigned",
                          domain=item.dkim_domain, err=e)
@@ -495,28 +499,34 @@ class OutboundQueue:
         if env is None:  # removed while we connected
             return None
         mta = session.host
+        prefix = env.prefix.encode("utf-8")
         try:
-            data = env.prefix.encode("utf-8") + self.spool.read_message(job.qid)
+            path = self.spool.message_path(job.qid)
+            if os.path.getsize(path) > STREAM_THRESHOLD:  # sent from the file in chunks
+                data = MessageFile(prefix, path)
+                size, head, eight_bit = data.size, data.head(), data.is_8bit()
+            else:
+                data = prefix + self.spool.read_message(job.qid)
+                size, head, eight_bit = len(data), data, is_8bit(data)
         except OSError as e:
             self._set(job, job.rcpts, PENDING, "4.3.0", f"cannot read the queued message: {e}", "")
             return None
         addrs = [wire_address(r.addr) for r in job.rcpts]
         sender = wire_address(env.sender)
-        utf8 = needs_smtputf8(sender, addrs, header_section(data))
+        utf8 = needs_smtputf8(sender, addrs, header_section(head))
         if utf8 and "SMTPUTF8" not in session.ext:
             self._set(job, job.rcpts, FAILED, "5.6.7",
                       f"the message needs SMTPUTF8 (internationalised addresses or headers) "
                       f"and {session.label} does not support it", mta)
             return None
         limit = session.limit()
-        if limit and len(data) > limit:
+        if limit and size > limit:
             self._set(job, job.rcpts, FAILED, "5.3.4",
-                      f"message size {len(data)} exceeds the limit of {session.label} ({limit})",
+                      f"message size {size} exceeds the limit of {session.label} ({limit})",
                       mta)
             return None
         try:
-            res = yield session.send(sender, addrs, data, eight_bit=is_8bit(data),
-                                     smtputf8=utf8)
+            res = yield session.send(sender, addrs, data, eight_bit=eight_bit, smtputf8=utf8)
         except SessionError as e:
             log.info("{qid}: {label}: {err}", qid=job.qid, label=session.label, err=str(e))
             self._set(job, job.rcpts, PENDING, e.status, str(e), mta)

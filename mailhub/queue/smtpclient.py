@@ -128,6 +128,14 @@ class SMTPConnection(LineReceiver):
     def command(self, line: bytes) -> defer.Deferred:
         return self.commands([line])[0]
 
+    def write_stream(self, chunks) -> defer.Deferred:
+        """Send the encoded message body from an iterator of chunks, under the transport's
+        flow control (a large message is never in memory whole)."""
+        d = defer.Deferred()
+        self.waiting.append(d)
+        self.transport.registerProducer(_ChunkProducer(self, iter(chunks)), False)
+        return d
+
     def write_data(self, payload: bytes) -> defer.Deferred:
         """Send the encoded message body; the Deferred fires with the final reply."""
         d = defer.Deferred()
@@ -143,6 +151,33 @@ VERIFY_ERRORS = {
     19: "self-signed certificate in chain", 20: "unable to get local issuer certificate",
     21: "unable to verify the first certificate", 24: "invalid CA certificate",
 }
+
+
+class _ChunkProducer:
+    """A pull producer: one chunk each time the transport's buffer has drained."""
+
+    def __init__(self, conn: SMTPConnection, chunks):
+        self.conn = conn
+        self.chunks = chunks
+
+    def resumeProducing(self):
+        try:
+            chunk = next(self.chunks)
+        except StopIteration:
+            self.conn.transport.unregisterProducer()
+            return
+        except OSError as e:  # the queued file became unreadable: abort, nothing is sent
+            self.conn.transport.unregisterProducer()
+            self.conn._fail_all(SessionError(f"cannot read the queued message: {e}", "4.3.0"))
+            self.conn.transport.abortConnection()
+            return
+        self.conn._arm()  # progress: the reply timeout starts again
+        self.conn.transport.write(chunk)
+
+    def stopProducing(self):
+        close = getattr(self.chunks, "close", None)
+        if close:
+            close()
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -366,7 +401,7 @@ class ClientSession:
         conn = self.conn
         params = []
         if "SIZE" in self.ext:
-            params.append(f"SIZE={len(data)}")
+            params.append(f"SIZE={len(data) if isinstance(data, bytes) else data.size}")
         if eight_bit and "8BITMIME" in self.ext:
             params.append("BODY=8BITMIME")
         if smtputf8 and "SMTPUTF8" in self.ext:
@@ -406,7 +441,10 @@ class ClientSession:
             yield conn.write_data(b".\r\n")
             yield self._rset()
             return res
-        res.data = yield conn.write_data(encode_data(data))
+        if isinstance(data, bytes):
+            res.data = yield conn.write_data(encode_data(data))
+        else:
+            res.data = yield conn.write_stream(data.encoded_chunks())
         return res
 
     @defer.inlineCallbacks

@@ -115,7 +115,7 @@ def encode_data(data: bytes) -> bytes:
         data = b"." + data
     data = data.replace(b"\r\n.", b"\r\n..")
     if data and not data.endswith(b"\r\n"):
-        data += b"\r\n"
+        data = (data[:-1] if data.endswith(b"\r") else data) + b"\r\n"
     return data + b".\r\n"
 
 
@@ -126,3 +126,76 @@ def is_8bit(data: bytes) -> bool:
 def xtext_addr(addr: str) -> str:
     """An address for MAIL FROM/RCPT TO: ``<local@domain>``; ``<>`` for the null sender."""
     return f"<{addr}>"
+
+
+class DataEncoder:
+    """Incremental ``encode_data``: feed chunks of any size, get DATA bytes for the complete
+    lines so far (dot-stuffed, CRLF); ``finish()`` gives the rest and the final dot."""
+
+    def __init__(self) -> None:
+        self._carry = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        buf = self._carry + chunk
+        cut = buf.rfind(b"\n") + 1
+        if not cut:
+            self._carry = buf
+            return b""
+        self._carry = buf[cut:]
+        lines = to_crlf(buf[:cut])
+        if lines.startswith(b"."):
+            lines = b"." + lines
+        return lines.replace(b"\r\n.", b"\r\n..")
+
+    def finish(self) -> bytes:
+        rest, self._carry = self._carry, b""
+        if rest:
+            if rest.startswith(b"."):
+                rest = b"." + rest
+            rest = rest.replace(b"\r\n.", b"\r\n..")
+            if not rest.endswith(b"\r\n"):
+                rest = (rest[:-1] if rest.endswith(b"\r") else rest) + b"\r\n"
+        return rest + b".\r\n"
+
+
+class MessageFile:
+    """A queued message too large to hold in memory: the prefix (DKIM-Signature) plus the
+    spool file, read in chunks when sent."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, prefix: bytes, path) -> None:
+        import os
+
+        self.prefix = prefix
+        self.path = path
+        self.size = len(prefix) + os.path.getsize(path)
+
+    def head(self, limit: int = 256 * 1024) -> bytes:
+        with open(self.path, "rb") as f:
+            return self.prefix + f.read(limit)
+
+    def is_8bit(self) -> bool:
+        if not self.prefix.isascii():
+            return True
+        with open(self.path, "rb") as f:
+            while True:
+                chunk = f.read(1024 * 1024)
+                if not chunk:
+                    return False
+                if not chunk.isascii():
+                    return True
+
+    def encoded_chunks(self):
+        enc = DataEncoder()
+        out = enc.feed(self.prefix)
+        with open(self.path, "rb") as f:
+            while True:
+                chunk = f.read(self.CHUNK)
+                if not chunk:
+                    break
+                out += enc.feed(chunk)
+                if len(out) >= self.CHUNK:
+                    yield out
+                    out = b""
+        yield out + enc.finish()

@@ -123,3 +123,34 @@ def test_route_and_nameserver_parsing():
     assert parse_nameserver("127.0.0.1:5353") == ("127.0.0.1", 5353)
     assert parse_nameserver("::1") == ("::1", 53)
     assert parse_nameserver("[::1]:5353") == ("::1", 5353)
+
+
+def test_incremental_encoder_matches_encode_data():
+    import random
+
+    from mailhub.queue.smtpwire import DataEncoder
+
+    rnd = random.Random(7)
+    pieces = [b".", b"..", b"a", b"\r\n", b"\n", b".x\r\n", b"\r", b"line\r\n"]
+    for _ in range(2000):
+        data = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 40)))
+        enc, out, i = DataEncoder(), b"", 0
+        while i < len(data):
+            n = rnd.randint(1, 7)
+            out += enc.feed(data[i:i + n])
+            i += n
+        assert out + enc.finish() == encode_data(data), data
+
+
+def test_message_file_chunks(tmp_path):
+    from mailhub.queue.smtpwire import MessageFile
+
+    p = tmp_path / "m"
+    body = b"".join(b".%d\r\n" % i for i in range(50000))
+    p.write_bytes(body)
+    mf = MessageFile(b"DKIM-Signature: x\r\n", p)
+    assert mf.size == len(body) + 19 and not mf.is_8bit()
+    chunks = list(mf.encoded_chunks())
+    assert len(chunks) > 2
+    assert b"".join(chunks) == encode_data(b"DKIM-Signature: x\r\n" + body)
+    assert mf.head(100).startswith(b"DKIM-Signature: x\r\n.0\r\n")
