@@ -53,7 +53,7 @@ def test_kill9_never_loses_an_acknowledged_message(tmp_path, server_factory):
     threads = [threading.Thread(target=sender, args=(n,), daemon=True) for n in range(4)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 12
+    deadline = time.monotonic() + 15
     kills = 0
     try:
         while time.monotonic() < deadline and kills < 5:

@@ -268,13 +268,13 @@ def test_idle_client_sees_smtp_delivery_at_once(smtp_server, smtp_env):
         assert s.sendmail("a@remote.example", ["alice@example.com"],
                           b"Subject: push\r\n\r\nx\r\n") == {}
         s.quit()
-        responses = imap.idle_check(timeout=5)
+        responses = imap.idle_check(timeout=15)  # returns as soon as something is pushed
         elapsed = time.monotonic() - t0
     finally:
         imap.idle_done()
         imap.logout()
     assert any(r[1] == b"EXISTS" for r in responses if len(r) > 1), responses
-    assert elapsed < 3
+    assert elapsed < 10  # pushed, not found by a poll at the end of the wait
 
 
 

@@ -367,7 +367,7 @@ def test_large_pipelined_burst_is_answered_in_order_and_fast(smtp_unit):
     out = s.codes()
     assert len(out) == 40001 and out[-1] == "221 2.0.0 Bye"
     assert set(out[:-1]) == {"250 2.0.0 Ok"}
-    assert elapsed < 5
+    assert elapsed < 10
 
 
 def test_directory_failure_is_a_temporary_error_not_a_dropped_connection(smtp_unit, monkeypatch):
