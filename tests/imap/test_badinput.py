@@ -216,3 +216,36 @@ def test_idle_max_duration(strict):
     line = m.readline()
     assert line.startswith(b"* BYE")
     assert 2.5 < time.monotonic() - t0 < 8  # idle_max (3 s), not idle_timeout (2 s)
+
+
+def test_random_garbage_keeps_session(imap_server):
+    import random
+    rng = random.Random(99)
+    r = logged_in(imap_server)
+    r.cmd(b"SELECT INBOX")
+    seeds = [b"FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (From)])", b'SEARCH OR FROM "x" TO y',
+             b"STORE 1 +FLAGS.SILENT (\\Seen)", b'LIST "" "*"', b"UID FETCH 1:* (UID)",
+             b'STATUS INBOX (MESSAGES)']
+    alphabet = b'()[]<>"\\*%:,.+- 0123456789ABCXYZabc\x01\x7f\xc3'
+    for n in range(300):
+        s = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(s) + 1)
+            if rng.random() < 0.5 and s:
+                del s[min(i, len(s) - 1)]
+            else:
+                s.insert(i, rng.choice(alphabet))
+        tag = b"g%d" % n
+        out = r.cmd(bytes(s).replace(b"{", b"(").replace(b"}", b")"), tag)
+        assert out[-1].split(b" ")[1] in (b"OK", b"NO", b"BAD"), out
+    assert alive(r)
+    r.close()
+
+
+def test_multiappend(imap_server):
+    r = logged_in(imap_server)
+    out = r.cmd(b"APPEND Drafts (\\Draft) {6+}\r\nm1\r\n\r\n (\\Seen) {6+}\r\nm2\r\n\r\n")
+    assert out[-1].startswith(b"t1 OK [APPENDUID ")
+    uids = out[-1].split(b"]")[0].split()[-1]
+    assert b":" in uids or b"," in uids
+    r.close()
