@@ -249,3 +249,24 @@ def test_multiappend(imap_server):
     uids = out[-1].split(b"]")[0].split()[-1]
     assert b":" in uids or b"," in uids
     r.close()
+
+
+def test_failed_logins_are_throttled(tmp_path):
+    env = MailhubEnv(tmp_path, extra_toml="[imap]\nauth_failure_delay = 0.0\n[smtp]\nauth_failure_delay = 0.0\n")
+    env.data_dir.mkdir(parents=True, exist_ok=True)
+    env.add_user(*ALICE)
+    server = MailhubServer(env).start()
+    try:
+        r = RawClient("127.0.0.1", server.port("imap"))
+        codes = []
+        for i in range(12):
+            out = r.cmd(b"LOGIN alice@example.com wrong%d" % i, b"f%d" % i)
+            codes.append(out[-1].split(b" ")[2])
+        assert codes[0] == b"[AUTHENTICATIONFAILED]"
+        assert codes[-1] == b"[UNAVAILABLE]"  # the IP is refused for a while, even with the password
+        assert r.cmd(b"LOGIN alice@example.com pw-alice")[-1].startswith(b"t1 NO [UNAVAILABLE]")
+        assert alive(r)
+        r.close()
+        assert "wrong" not in server.log()  # passwords never logged
+    finally:
+        server.stop()
