@@ -52,29 +52,33 @@ class DotDecoder:
             out = self._lines(buf[:-1], complete=False)
             self._carry = buf[-1:]
             return out, False, b""
-        # the end: a "." line at the start after a CRLF, or "\r\n.\r\n" inside
-        if self._prev == b"\r\n" and buf.startswith(b".\r\n"):
-            dot = 0
-        else:
-            dot = buf.find(b"\r\n.\r\n", 0, last_nl + 1)
+        # no line starting with "." (the usual case): neither the end nor dot-stuffing here
+        dots = buf[:1] == b"." or buf.find(b"\n.", 0, last_nl + 1) >= 0
+        if dots:
+            # the end: a "." line at the start after a CRLF, or "\r\n.\r\n" inside
+            if self._prev == b"\r\n" and buf.startswith(b".\r\n"):
+                dot = 0
+            else:
+                dot = buf.find(b"\r\n.\r\n", 0, last_nl + 1)
+                if dot >= 0:
+                    dot += 2
             if dot >= 0:
-                dot += 2
-        if dot >= 0:
-            out = self._lines(buf[:dot], complete=True) if dot else b""
-            self.done = True
-            self._carry = b""
-            return out, True, buf[dot + 3:]
+                out = self._lines(buf[:dot], complete=True) if dot else b""
+                self.done = True
+                self._carry = b""
+                return out, True, buf[dot + 3:]
         if last_nl == len(buf) - 1:
             self._carry = b""
-            return self._lines(buf, complete=True), False, b""
+            return self._lines(buf, complete=True, dots=dots), False, b""
         self._carry = buf[last_nl + 1:]
-        return self._lines(buf[: last_nl + 1], complete=True), False, b""
+        return self._lines(buf[: last_nl + 1], complete=True, dots=dots), False, b""
 
-    def _lines(self, block: bytes, complete: bool) -> bytes:
-        """Decode ``block``: whole lines when ``complete``, else the start of a long line."""
+    def _lines(self, block: bytes, complete: bool, dots: bool = True) -> bytes:
+        """Decode ``block``: whole lines when ``complete``, else the start of a long line.
+        ``dots`` False: the caller knows no line of it starts with "."."""
         at_start = self._prev != b"xx"
         out = _normalize(block)
-        if b"\n." in out:
+        if dots and b"\n." in out:
             out = out.replace(b"\n.", b"\n")
         if at_start and out[:1] == b".":
             out = out[1:]
