@@ -22,6 +22,9 @@ class IMAPFactory(Factory):
         if registry is None:
             registry = IndexRegistry(ctx.events)
             ctx.extras["imap_indexes"] = registry
+            trigger = getattr(ctx.reactor, "addSystemEventTrigger", None)
+            if trigger is not None:
+                trigger("before", "shutdown", registry.save_all)
         self.registry = registry
 
     def buildProtocol(self, addr):

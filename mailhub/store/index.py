@@ -23,6 +23,7 @@ directories when their mtimes moved or an in-process change was announced by Mai
 from __future__ import annotations
 
 import bisect
+import marshal
 import os
 import re
 import time
@@ -37,6 +38,7 @@ from mailhub.store.maildir import MAILDIR_FLAGS, _sort_key, split_filename, uniq
 log = Logger(namespace="mailhub.store.index")
 
 UIDLIST = "mailhub-uidlist"
+SNAPSHOT = "mailhub-index.snap"
 KEYWORDS = "mailhub-keywords"
 SYSTEM_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
 FLAG_LETTERS = {v.lower(): k for k, v in SYSTEM_FLAGS.items()}
@@ -89,14 +91,81 @@ class FolderIndex:
         self._known: dict | None = None
         self._names_new: set[str] = set()
         self._names_cur: set[str] = set()
+        self._snap_stamp = None
         self.users = 0
         self.cache = HeaderCache(self.path)
         self.flag_cache: dict = {}  # for protocol code: (letters, recent) -> wire bytes
         self._load()
 
     # -- persistence -----------------------------------------------------------------------
+    def _uidlist_stamp(self):
+        try:
+            st = os.stat(self.path / UIDLIST)
+            return (st.st_size, st.st_mtime_ns)
+        except OSError:
+            return None
+
+    def _load_snapshot(self) -> bool:
+        """Load ``mailhub-index.snap`` if it describes the current uidlist exactly: a cold
+        SELECT then needs no parsing and, when the directories did not move, no listing."""
+        stamp = self._uidlist_stamp()
+        if stamp is None:
+            return False
+        try:
+            with open(self.path / SNAPSHOT, "rb") as f:
+                snap = marshal.load(f)
+        except (OSError, EOFError, ValueError, TypeError):
+            return False
+        try:
+            (version, size, mtime, mt_new, mt_cur, self_validity, uidnext, hms, uids, modseqs,
+             keys, files, flags) = snap
+            if version != 1 or (size, mtime) != stamp:
+                return False
+            u = array("I")
+            u.frombytes(uids)
+            m = array("Q")
+            m.frombytes(modseqs)
+            if not (len(u) == len(m) == len(keys) == len(files) == len(flags)):
+                return False
+        except (ValueError, TypeError):
+            return False
+        self.uidvalidity, self.uidnext, self.highestmodseq = self_validity, uidnext, hms
+        self.uids, self.modseqs, self.keys, self.files, self.flags = u, m, keys, files, flags
+        self.key_uid = dict(zip(keys, u))
+        self._names_new = self._names_cur = None  # built from files when first needed
+        self._mtimes = (mt_new, mt_cur)
+        self._dirty_all = False
+        self._known = None
+        self._snap_stamp = stamp
+        return True
+
+    def save_snapshot(self) -> None:
+        """Write the snapshot if the uidlist moved since the last one (atomic, no fsync: a
+        lost or stale snapshot is simply ignored)."""
+        if self._known is not None:
+            return
+        stamp = self._uidlist_stamp()
+        if stamp is None or stamp == self._snap_stamp:
+            return
+        data = marshal.dumps((1, stamp[0], stamp[1], self._mtimes[0], self._mtimes[1],
+                              self.uidvalidity, self.uidnext, self.highestmodseq,
+                              self.uids.tobytes(), self.modseqs.tobytes(), self.keys,
+                              self.files, self.flags))
+        tmp = self.path / (SNAPSHOT + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.rename(tmp, self.path / SNAPSHOT)
+            self._snap_stamp = stamp
+        except OSError as e:
+            log.warn("cannot write {path}: {err}", path=str(self.path / SNAPSHOT), err=e)
+
     def _load(self) -> None:
         self._load_keywords()
+        if self._load_snapshot():
+            self.recent_floor = self.uidnext
+            self.changes_floor = self.highestmodseq
+            return
         try:
             data = (self.path / UIDLIST).read_bytes()
         except FileNotFoundError:
@@ -326,6 +395,7 @@ class FolderIndex:
         if self._known is not None:
             self._initial_build(new_names, cur_names, records)
         else:
+            self._ensure_names()
             added: dict[str, tuple[str, str]] = {}
             gone: set[str] = set()
             for sub, now, old in (("new", new_names, self._names_new), ("cur", cur_names, self._names_cur)):
@@ -360,8 +430,14 @@ class FolderIndex:
         self._append_records(records)
         self._trim_changes()
 
+    def _ensure_names(self) -> None:
+        if self._names_new is None:
+            self._names_new = {f[4:] for f in self.files if f[0] == "n"}
+            self._names_cur = {f[4:] for f in self.files if f[0] == "c"}
+
     def _track(self, f: str, present: bool) -> None:
         """Keep the last listing in step with our own renames/unlinks/links."""
+        self._ensure_names()
         sub, _, fn = f.partition("/")
         names = self._names_new if sub == "new" else self._names_cur
         if present:
@@ -421,6 +497,7 @@ class FolderIndex:
         self._dirty_new = False
         self._mtimes = (mt[0], self._mtimes[1])
         now = self._listdir("new")
+        self._ensure_names()
         found = {}
         for fn in now - self._names_new:
             key = fn.partition(":")[0]
@@ -677,11 +754,20 @@ class IndexRegistry:
         if idx.users > 0:
             return
         k = str(idx.path)
+        idx.save_snapshot()
         if self._open.get(k) is idx:
             del self._open[k]
             self._idle[k] = idx
             while len(self._idle) > self.keep:
                 self._drop(self._idle.pop(next(iter(self._idle))))
+
+    def save_all(self) -> None:
+        """Snapshot every index (at shutdown, so the next start is warm)."""
+        for idx in list(self._open.values()) + list(self._idle.values()):
+            try:
+                idx.save_snapshot()
+            except Exception:
+                log.failure("snapshot of {path} failed", path=str(idx.path))
 
     def forget(self, path) -> None:
         """A folder was deleted or renamed: drop its index."""

@@ -219,3 +219,41 @@ def test_header_cache_compaction(tmp_path):
     assert (tmp_path / CACHE_FILE).stat().st_size < big / 100
     c2 = HeaderCache(tmp_path)
     assert c2.get("key1") and c2.get("key2") and c2.get("key3") is None
+
+
+def test_snapshot_makes_cold_load_cheap_and_never_stale(store):
+    import time as _t
+    from mailhub.store.index import SNAPSHOT
+    folder = store.folder(ADDR)
+    for i in range(4):
+        drop(folder, f"{i}.M1P1Q{i}.host,S=22")
+    idx = FolderIndex(folder.path, fsync=False)
+    idx.sync()
+    idx.set_flags([(1, "S")])
+    idx.save_snapshot()
+    assert (folder.path / SNAPSHOT).exists()
+    snap = FolderIndex(folder.path, fsync=False)
+    assert snap._snap_stamp is not None and snap._known is None  # came from the snapshot
+    snap.sync()
+    assert list(snap.uids) == list(idx.uids) and snap.flags == idx.flags
+    assert list(snap.modseqs) == list(idx.modseqs) and snap.uidvalidity == idx.uidvalidity
+    # a change after the snapshot (a record appended) makes it stale: ignored
+    idx.set_flags([(2, "F")])
+    again = FolderIndex(folder.path, fsync=False)
+    assert again._snap_stamp is None
+    again.sync()
+    assert again.flags == idx.flags
+    # a foreign change to the directories after the snapshot is found by the mtime check
+    idx.save_snapshot()
+    _t.sleep(0.01)
+    os.unlink(folder.path / "new" / "0.M1P1Q0.host,S=22")
+    drop(folder, "9.M1P1Q9.host,S=22")
+    later = FolderIndex(folder.path, fsync=False)
+    assert later._snap_stamp is not None
+    later.sync()
+    assert list(later.uids) == [2, 3, 4, 5]
+    # garbage in the snapshot is ignored
+    (folder.path / SNAPSHOT).write_bytes(b"\x00garbage")
+    g = FolderIndex(folder.path, fsync=False)
+    g.sync()
+    assert list(g.uids) == [2, 3, 4, 5]
