@@ -14,8 +14,8 @@ STRICT_TOML = """
 auth_failure_delay = 0.0
 append_limit = 10000
 plaintext_auth_loopback = false
-idle_timeout = 2
-idle_max = 3
+idle_timeout = 4
+idle_max = 6
 """
 
 
@@ -201,7 +201,7 @@ def test_idle_timeout_outside_idle(strict):
     t0 = time.monotonic()
     line = r.line()
     assert line.startswith(b"* BYE")
-    assert 1.5 < time.monotonic() - t0 < 6
+    assert 3.5 < time.monotonic() - t0 < 20
     with pytest.raises((ConnectionError, OSError)):
         r.line()
 
@@ -215,7 +215,7 @@ def test_idle_max_duration(strict):
     t0 = time.monotonic()
     line = m.readline()
     assert line.startswith(b"* BYE")
-    assert 2.5 < time.monotonic() - t0 < 8  # idle_max (3 s), not idle_timeout (2 s)
+    assert 5.5 < time.monotonic() - t0 < 25  # idle_max (6 s), not idle_timeout (4 s)
 
 
 def test_random_garbage_keeps_session(imap_server):
