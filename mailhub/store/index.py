@@ -15,6 +15,9 @@ names (D F P R S T, keywords as letters a-z mapped per folder in ``mailhub-keywo
   come or go, so sessions can keep the array they last saw as their view at no cost), a
   key -> uid map, a change log (modseq, uid) for flag updates, and expunged (modseq, uid).
 
+- ``mailhub-index.snap``: a marshal image of the arrays, valid only for the exact uidlist
+  (size, mtime) it was taken with; it makes a cold load one read and no directory listing.
+
 ``sync()`` brings the index up to date with the directories: it is cheap when nothing changed
 (two ``stat`` calls), scans only ``new/`` after a delivery notice, and rescans both
 directories when their mtimes moved or an in-process change was announced by MailboxEvents.
