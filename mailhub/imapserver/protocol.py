@@ -99,7 +99,8 @@ class IMAPServerProtocol(Protocol):
         self._logout = None
         self.selected: SelectedMailbox | None = None
         self._sel_token = None
-        self.framer = CommandFramer(self._literal_limit)
+        self.framer = CommandFramer(self._literal_limit,
+                                    max_command=settings.append_limit + 1024 * 1024)
         self._queue: deque = deque()
         self._out: list[bytes] = []
         self._busy = False
