@@ -218,3 +218,33 @@ def test_restart_keeps_uids_and_flags(tmp_path):
         m.logout()
     finally:
         srv.stop()
+
+
+def test_condstore_and_qresync_updates_from_other_sessions(imap_server):
+    name = unique("Q")
+    a = imap_server.imaplib()
+    a.create(name)
+    for i in range(3):
+        a.append(name, None, None, make_message(f"q{i}"))
+    a.select(name)
+    b = imap_server.raw()
+    b.cmd(b"LOGIN alice@example.com pw-alice")
+    assert b.cmd(b"ENABLE QRESYNC")[0] == b"* ENABLED QRESYNC"
+    b.cmd(b"SELECT " + name.encode())
+    a.store("2", "+FLAGS", "(\\Answered)")
+    out = b.cmd(b"NOOP")
+    assert any(re.match(rb"\* 2 FETCH \(UID 2 FLAGS \(\\Answered\) MODSEQ \(\d+\)\)", l) for l in out), out
+    a.store("1", "+FLAGS", "(\\Deleted)")
+    a.expunge()
+    out = b.cmd(b"NOOP")
+    assert b"* VANISHED 1" in out
+    b.send(b"i IDLE\r\n")
+    assert b.line() == b"+ idling"
+    a.store("1", "+FLAGS", "(\\Deleted)")  # message UID 2 is now number 1 for A
+    assert re.match(rb"\* 1 FETCH \(UID 2 FLAGS \(\\Answered \\Deleted\) MODSEQ", b.line())
+    a.expunge()
+    assert b.line() == b"* VANISHED 2"
+    b.send(b"DONE\r\n")
+    assert b.until_tag(b"i")[-1] == b"i OK Idle completed"
+    b.close()
+    a.logout()
