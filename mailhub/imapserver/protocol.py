@@ -326,6 +326,9 @@ class IMAPServerProtocol(Protocol):
             self.state = LOGOUT
             self._close()
             return
+        except OSError as e:
+            log.warn("imap: cannot check {path}: {err}", path=str(sel.index.path), err=e)
+            return
         self._out.extend(sel.updates(allow_expunge, self.condstore, self.qresync))
 
     # -- helpers -----------------------------------------------------------------------
