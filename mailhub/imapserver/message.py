@@ -234,13 +234,36 @@ def section_bytes(msg: Part, section) -> bytes | None:
 
 # -- ENVELOPE ------------------------------------------------------------------------------
 
+_SIMPLE_ADDR = re.compile(r"\s*(?:([^<>@,]*?)\s*<([^<>\s]+)>|([^<>\s,]+))\s*\Z")
+
+
+def _fast_pairs(text: str):
+    """(name, addr) pairs for the common simple forms; None when getaddresses is needed."""
+    if any(c in text for c in '"():;\\[]'):
+        return None
+    pairs = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        m = _SIMPLE_ADDR.match(item)
+        if m is None:
+            return None
+        if m.group(2) is not None:
+            pairs.append((m.group(1) or "", m.group(2)))
+        else:
+            pairs.append(("", m.group(3)))
+    return pairs
+
+
 def _addr_list(value: bytes | None) -> bytes:
     if not value:
         return b"NIL"
     text = value.decode("utf-8", "surrogateescape")
     out = []
-    # groups: "name: a@b, c@d;" -> (NIL NIL "name" NIL) ... (NIL NIL NIL NIL)
-    for name, addr in email.utils.getaddresses([text]):
+    pairs = _fast_pairs(text)
+    if pairs is None:
+        pairs = email.utils.getaddresses([text])
+    for name, addr in pairs:
         if not addr and not name:
             continue
         local, at, domain = addr.rpartition("@")

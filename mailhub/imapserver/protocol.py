@@ -1088,6 +1088,18 @@ class IMAPServerProtocol(Protocol):
         flags = idx.flags
         modseqs = idx.modseqs
         names = [a.name for a in atts]
+        if (changedsince is None and names[0] == "UID" and names[1:] == ["FLAGS"] and not recent
+                and sel.view is idx.uids and len(targets) == len(idx.uids)):
+            # every message, nothing \Recent: one pass over the index arrays, a flag string
+            # per distinct letter combination
+            fmap = {f: flags_bytes(idx, f, False, cache) for f in set(flags)}
+            lines = [b"* %d FETCH (UID %d FLAGS %s)\r\n" % (i, u, fmap[f])
+                     for i, u, f in zip(range(1, len(flags) + 1), idx.uids, flags)]
+            for i in range(0, len(lines), 8192):
+                out.append(b"".join(lines[i:i + 8192]))
+                self._flush()
+                out = self._out
+            return
         if changedsince is None and names in (["UID", "FLAGS"], ["FLAGS", "UID"]):
             # the start-up resync of every client (UID FETCH 1:* (FLAGS)): one pass, one join
             def fb(letters, uid):
