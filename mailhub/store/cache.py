@@ -1,8 +1,10 @@
 """HeaderCache: per-folder cache of the header fields ENVELOPE and SEARCH need, so a SEARCH FROM
 over 50,000 messages reads one file instead of 50,000.
 
-Kept in ``mailhub-cache`` in the folder: records ``<key>\\t<length>\\n<raw header lines>``,
-appended as messages are first read; a torn last record is ignored; the file is rewritten
+Kept in ``mailhub-cache`` in the folder: a ``mailhub-cache 2`` magic, then records
+``<key> 0x01 <raw header lines> 0x00`` appended as messages are first read (loading is one
+split, no per-record parsing in Python); a torn last record is ignored; a block holding a NUL
+or 0x01 byte is simply not cached; the file is rewritten
 (tmp + rename) without the records of expunged messages when it grows to twice the live
 size. It is only a cache: delete it and it rebuilds itself from the message files. Message
 files never change content in Maildir (only names), so an entry never goes stale.
@@ -14,6 +16,7 @@ import re
 from pathlib import Path
 
 CACHE_FILE = "mailhub-cache"
+MAGIC = b"mailhub-cache 2\x00"
 FIELDS = (b"date", b"subject", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc",
           b"in-reply-to", b"message-id")
 _FIELD_RE = re.compile(rb"^(?:" + b"|".join(re.escape(f) for f in FIELDS) +
@@ -40,24 +43,17 @@ class HeaderCache:
             raw = self.path.read_bytes()
         except (FileNotFoundError, OSError):
             return
+        if not raw.startswith(MAGIC):
+            try:  # another format or garbage: start afresh (it is only a cache)
+                self.path.unlink()
+            except OSError:
+                pass
+            return
         self._file_bytes = len(raw)
-        pos = 0
-        n = len(raw)
-        data = self._data
-        while pos < n:
-            nl = raw.find(b"\n", pos)
-            if nl < 0:
-                break
-            key, _, length = raw[pos:nl].partition(b"\t")
-            try:
-                ln = int(length)
-            except ValueError:
-                break
-            end = nl + 1 + ln
-            if end > n:
-                break  # torn record
-            data[key.decode("utf-8", "surrogateescape")] = raw[nl + 1:end]
-            pos = end
+        recs = raw[len(MAGIC):].split(b"\x00")
+        recs.pop()  # the empty tail after the last NUL, or a torn record
+        self._data = {k.decode("utf-8", "surrogateescape"): v
+                      for k, _, v in (r.partition(b"\x01") for r in recs)}
 
     def get(self, key: str) -> bytes | None:
         if self._data is None:
@@ -67,8 +63,10 @@ class HeaderCache:
     def put(self, key: str, fields: bytes) -> None:
         if self._data is None:
             self._load()
+        if b"\x00" in fields or b"\x01" in fields:
+            return
         self._data[key] = fields
-        self._pending.append(b"%s\t%d\n" % (key.encode("utf-8", "surrogateescape"), len(fields)) + fields)
+        self._pending.append(key.encode("utf-8", "surrogateescape") + b"\x01" + fields + b"\x00")
 
     def flush(self, live_keys=None) -> None:
         """Append new records; compact when the file holds much more than live_keys."""
@@ -88,6 +86,9 @@ class HeaderCache:
         self._pending = []
         try:
             with open(self.path, "ab") as f:
+                if f.tell() == 0:  # new, or deleted under us: start with the magic
+                    f.write(MAGIC)
+                    self._file_bytes = len(MAGIC)
                 f.write(blob)
             self._file_bytes += len(blob)
         except OSError:
@@ -95,8 +96,8 @@ class HeaderCache:
 
     def _rewrite(self) -> None:
         self._pending = []
-        blob = b"".join(b"%s\t%d\n" % (k.encode("utf-8", "surrogateescape"), len(v)) + v
-                        for k, v in self._data.items())
+        blob = MAGIC + b"".join(k.encode("utf-8", "surrogateescape") + b"\x01" + v + b"\x00"
+                                for k, v in self._data.items())
         tmp = self.path.with_name(CACHE_FILE + ".tmp")
         try:
             with open(tmp, "wb") as f:
