@@ -562,17 +562,29 @@ class FolderIndex:
         return os.path.join(self.path, self.files[i])
 
     def open(self, i: int):
-        """The message file at position i, or None if it vanished (the index is then
-        marked for a rescan)."""
+        """The message file at position i, or None if it was deleted. A file renamed by
+        someone else (flags changed) is found again by its key; positions never shift here
+        (the index is only marked for a rescan, done at the next sync)."""
         try:
             return open(os.path.join(self.path, self.files[i]), "rb")
         except FileNotFoundError:
             self._dirty_all = True
+        key = self.keys[i]
+        for sub in ("cur", "new"):
             try:
-                self._full_scan(self._stat_mtimes())
-            except OSError:
-                return None
-            return None
+                names = os.listdir(os.path.join(self.path, sub))
+            except FileNotFoundError:
+                continue
+            for fn in names:
+                if fn.startswith(key) and fn.partition(":")[0] == key:
+                    try:
+                        f = open(os.path.join(self.path, sub, fn), "rb")
+                    except FileNotFoundError:
+                        continue
+                    self._ensure_names()
+                    self.files[i] = f"{sub}/{fn}"
+                    return f
+        return None
 
     def size(self, i: int) -> int:
         key = self.keys[i]

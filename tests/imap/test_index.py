@@ -257,3 +257,20 @@ def test_snapshot_makes_cold_load_cheap_and_never_stale(store):
     g = FolderIndex(folder.path, fsync=False)
     g.sync()
     assert list(g.uids) == [2, 3, 4, 5]
+
+
+def test_open_finds_a_renamed_file_and_never_shifts_positions(store):
+    folder = store.folder(ADDR)
+    for i in range(3):
+        drop(folder, f"{i}.M1P1Q{i}.host,S=22", data=b"Subject: %d\r\n\r\nx\r\n" % i)
+    idx = FolderIndex(folder.path, fsync=False)
+    idx.sync()
+    # another program renames message 2 (flags) and deletes message 1
+    os.rename(folder.path / "new" / "1.M1P1Q1.host,S=22", folder.path / "cur" / "1.M1P1Q1.host,S=22:2,S")
+    os.unlink(folder.path / "new" / "0.M1P1Q0.host,S=22")
+    assert idx.open(0) is None
+    with idx.open(1) as f:
+        assert f.read().startswith(b"Subject: 1")
+    assert list(idx.uids) == [1, 2, 3]  # unchanged until the next sync
+    idx.sync()
+    assert list(idx.uids) == [2, 3] and idx.flags[0] == "S"
