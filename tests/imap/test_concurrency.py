@@ -248,3 +248,32 @@ def test_condstore_and_qresync_updates_from_other_sessions(imap_server):
     assert b.until_tag(b"i")[-1] == b"i OK Idle completed"
     b.close()
     a.logout()
+
+
+def test_flags_and_deletions_shared_with_pop3(imap_server):
+    import poplib
+    if "pop3" not in imap_server.server.ports:
+        pytest.skip("no POP3 listener in this build")
+    user = ("carol@example.com", "pw-carol")
+    imap_server.env.add_user(*user)
+    m = imap_server.imaplib(user=user)
+    for i in range(3):
+        m.append("INBOX", None, None, make_message(f"pop{i}", to=user[0]))
+    m.select("INBOX")
+    m.store("3", "+FLAGS", "(\\Flagged)")
+    p = poplib.POP3("127.0.0.1", imap_server.server.port("pop3"), timeout=20)
+    p.user(user[0])
+    p.pass_(user[1])
+    assert p.stat()[0] == 3
+    p.retr(1)
+    p.dele(2)
+    p.quit()
+    # IMAP sees POP3's \Seen (file name info) and deletion at its next command
+    m.noop()
+    assert m.untagged_responses.pop("EXPUNGE", None) == [b"2"]
+    assert any(f.startswith(b"1 (FLAGS (\\Seen") for f in m.untagged_responses.pop("FETCH"))
+    typ, data = m.fetch("1:*", "(UID FLAGS)")
+    assert len(data) == 2
+    assert b"\\Seen" in data[0] and b"UID 1" in data[0]
+    assert b"\\Flagged" in data[1] and b"UID 3" in data[1]
+    m.logout()
