@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
 from mailhub.auth import IMailUser
+from mailhub.directory.addresses import lookup_key
 from mailhub.smtpserver import policy
 from mailhub.smtpserver.datastream import CRLFNormalizer, DotDecoder, HeaderFixer
 from mailhub.smtpserver.parser import (
@@ -776,7 +777,8 @@ class ESMTPServer(Protocol, TimeoutMixin):
                 if queue is None:
                     raise _NoQueue()
                 qpath = sink.export_copy()
-                dkim = sender.rpartition("@")[2].lower() if user else None
+                key = lookup_key(sender) if user else None
+                dkim = key[1] if key else None  # the sender's domain, IDNA form
                 ds.append(defer.maybeDeferred(queue.enqueue, sender, remote, str(qpath),
                                               dkim_domain=dkim))
             if local and not isinstance(sink, MaildirSink):
