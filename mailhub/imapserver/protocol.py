@@ -908,35 +908,80 @@ class IMAPServerProtocol(Protocol):
         if uses_modseq:
             self.condstore = True
         hits = []
-        maxmod = 0
-        same = sel.view is idx.uids
         rh = lambda q: read_header(idx, q)  # noqa: E731
         ra = lambda q: read_all(idx, q)  # noqa: E731
         re_ = lambda q: envelope_fields(idx, q)  # noqa: E731
         recent = sel.recent
         program = S.precompute(program, idx, re_)
-        if program[0] == "AND" and len(program[1]) == 1 and program[1][0][0] == "POS" and same:
-            # a lone header key (UID SEARCH FROM x): the answer is the position set
-            for p in sorted(program[1][0][1]):
-                hits.append(idx.uids[p] if cmd.uid else p + 1)
-            view = ()
+        if program[0] == "AND" and len(program[1]) == 1 and program[1][0][0] == "UIDS":
+            # a lone header key (UID SEARCH FROM x): the answer is the UID set
+            for u in sorted(program[1][0][1]):
+                seq = sel.seq_of_uid(u)
+                if seq:
+                    hits.append(u if cmd.uid else seq)
+            view = sel.view[:0]
         else:
             view = sel.view
-        for i, u in enumerate(view):
-            p = i if same else idx.pos(u)
-            if p < 0:
-                continue
-            ctx = S.MessageContext(idx, p, i + 1, u, u in recent, rh, ra, re_)
-            if S.matches(program, ctx, largest_seq, largest_uid):
-                hits.append(u if cmd.uid else i + 1)
-                if uses_modseq:
-                    maxmod = max(maxmod, idx.modseqs[p])
-        idx.cache.flush(idx.keys)
-        line = b"* SEARCH" + b"".join(b" %d" % h for h in hits)
-        if uses_modseq and hits:
-            line += b" (MODSEQ %d)" % maxmod
-        self._write(line + b"\r\n")
-        return ("OK", "Search completed")
+        state = {"maxmod": 0}
+
+        def slices():
+            # positions are looked up per slice: between slices the reactor runs, and other
+            # sessions may append or expunge (our own view does not change until we finish)
+            for start in range(0, len(view), 500):
+                same = view is idx.uids
+                for i in range(start, min(start + 500, len(view))):
+                    u = view[i]
+                    p = i if same else idx.pos(u)
+                    if p < 0:
+                        continue
+                    ctx = S.MessageContext(idx, p, i + 1, u, u in recent, rh, ra, re_)
+                    if S.matches(program, ctx, largest_seq, largest_uid):
+                        hits.append(u if cmd.uid else i + 1)
+                        if uses_modseq:
+                            state["maxmod"] = max(state["maxmod"], idx.modseqs[p])
+                yield
+
+        def finish():
+            idx.cache.flush(idx.keys)
+            line = b"* SEARCH" + b"".join(b" %d" % h for h in hits)
+            if uses_modseq and hits:
+                line += b" (MODSEQ %d)" % state["maxmod"]
+            self._write(line + b"\r\n")
+            return ("OK", "Search completed")
+
+        gen = slices()
+        if len(view) <= 2000:
+            for _ in gen:
+                pass
+            return finish()
+        return self._run_slices(gen, finish)
+
+    def _run_slices(self, gen, finish, budget: float = 0.01):
+        """Run a long computation in slices of ``budget`` seconds, letting the reactor serve
+        other sessions (and IDLE pushes) in between."""
+        d = defer.Deferred()
+
+        def step():
+            if self.state == LOGOUT:
+                d.callback(None)
+                return
+            t_end = time.monotonic() + budget
+            try:
+                while time.monotonic() < t_end:
+                    next(gen)
+            except StopIteration:
+                try:
+                    d.callback(finish())
+                except Exception as e:
+                    d.errback(e)
+                return
+            except Exception as e:
+                d.errback(e)
+                return
+            self.ctx.reactor.callLater(0, step)
+
+        step()
+        return d
 
     def cmd_store(self, cmd):
         seqs, mode, silent, flags, unchangedsince = cmd.args

@@ -97,8 +97,8 @@ def matches(key, ctx: MessageContext, largest_seq: int, largest_uid: int) -> boo
     op = key[0]
     if op == "AND":
         return all(matches(k, ctx, largest_seq, largest_uid) for k in key[1])
-    if op == "POS":
-        return ctx.pos in key[1]
+    if op == "UIDS":
+        return ctx.uid in key[1]
     if op == "ALL":
         return True
     if op == "FLAG":
@@ -257,7 +257,8 @@ def column_hits(index, name: bytes, needle: str, read_env) -> set[int]:
 
 
 def precompute(program, index, read_env):
-    """Replace FROM/TO/CC/BCC/SUBJECT and HEADER on cached fields by position sets."""
+    """Replace FROM/TO/CC/BCC/SUBJECT and HEADER on cached fields by UID sets (UIDs, not
+    positions: the evaluation may be spread over several reactor turns)."""
     op = program[0]
     if op == "AND":
         return ("AND", tuple(precompute(k, index, read_env) for k in program[1]))
@@ -267,8 +268,10 @@ def precompute(program, index, read_env):
         return ("NOT", precompute(program[1], index, read_env))
     if op in HEADER_KEYS:
         needle = program[1].decode("utf-8", "replace").casefold()
-        return ("POS", column_hits(index, HEADER_KEYS[op], needle, read_env))
+        hits = column_hits(index, HEADER_KEYS[op], needle, read_env)
+        return ("UIDS", frozenset(index.uids[p] for p in hits))
     if op == "HEADER" and program[1].lower() in CACHED_FIELDS:
         needle = program[2].decode("utf-8", "replace").casefold()
-        return ("POS", column_hits(index, program[1].lower(), needle, read_env))
+        hits = column_hits(index, program[1].lower(), needle, read_env)
+        return ("UIDS", frozenset(index.uids[p] for p in hits))
     return program

@@ -549,3 +549,23 @@ def test_empty_mailbox_star_ranges(folder, imap_server):
     assert r.cmd(b"SEARCH ALL") == [b"* SEARCH", b"t1 OK Search completed"]
     assert r.cmd(b"FETCH 1 (FLAGS)")[-1].startswith(b"t1 BAD")
     r.close()
+
+
+def test_search_big_folder_in_slices(folder, imap_server):
+    """Over 2000 messages SEARCH runs in slices between reactor turns; results stay exact."""
+    c, name = folder
+    md = imap_server.env.maildir("alice@example.com", name)
+    n = 2600
+    for i in range(n):
+        body = "needle here\r\n" if i % 100 == 7 else "hay\r\n"
+        frm = "Wanted <w@x.org>" if i % 50 == 3 else f"u{i}@x.org"
+        (md / "cur" / f"{1600000000 + i}.M{i}P1Q{i}.t,S=1:2,{'S' if i % 2 else ''}").write_bytes(
+            make_message(f"s{i}", frm=frm, body=body))
+    c.select_folder(name)
+    assert len(c.search(["ALL"])) == n
+    assert c.search(["BODY", "needle"]) == [i + 1 for i in range(n) if i % 100 == 7]
+    assert c.search(["FROM", "wanted", "UNSEEN"]) == [i + 1 for i in range(n) if i % 50 == 3 and not i % 2]
+    assert c.search(["NOT", "FROM", "wanted", "SEEN", "SUBJECT", "s1"]) == \
+        [i + 1 for i in range(n) if i % 50 != 3 and i % 2 and f"s{i}".startswith("s1")]
+    uids = c.search(["OR", "FROM", "wanted", "BODY", "needle"])
+    assert len(uids) == len({i for i in range(n) if i % 50 == 3 or i % 100 == 7})
