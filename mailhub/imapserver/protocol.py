@@ -1189,6 +1189,7 @@ class IMAPServerProtocol(Protocol):
         d = defer.Deferred()
 
         def step():
+            t_end = time.monotonic() + 0.02
             try:
                 while True:
                     if self.state == LOGOUT:
@@ -1196,6 +1197,10 @@ class IMAPServerProtocol(Protocol):
                         return
                     if self._paused:
                         self._resume = step
+                        return
+                    if time.monotonic() > t_end:
+                        # let the reactor serve other sessions between chunks
+                        self.ctx.reactor.callLater(0, step)
                         return
                     chunk = next(gen)
                     self._out.append(chunk)
@@ -1214,7 +1219,12 @@ class IMAPServerProtocol(Protocol):
         idx = sel.index
         buf = []
         size = 0
+        uids_then = idx.uids
         for seq, uid, p in targets:
+            if idx.uids is not uids_then:
+                # the output is spread over reactor turns: if messages came or went
+                # meanwhile, positions moved, so look the UID up again
+                p = idx.pos(uid)
             if p < 0:
                 continue
             if changedsince is not None and idx.modseqs[p] <= changedsince:
