@@ -77,7 +77,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "max_connections_per_ip": ("int", 50),
         "auth_failure_delay": ("float", 1.0),
         # plaintext AUTH on submission from 127.0.0.0/8 and ::1 (as Postfix/Dovecot allow)
-        "loopback_plaintext_auth": ("bool", True),
+        "plaintext_auth_loopback": ("bool", True),
     },
     "queue": {
         "max_age": ("duration", 5 * 86400),

@@ -2,7 +2,7 @@
 
 The role decides the policy: "mx" offers STARTTLS and no AUTH and only accepts mail for our
 own addresses; "submission" requires AUTH (offered after STARTTLS, or in plaintext from
-loopback when ``[smtp] loopback_plaintext_auth`` is true, as Postfix and Dovecot allow);
+loopback when ``[smtp] plaintext_auth_loopback`` is true, as Postfix and Dovecot allow);
 "submissions" is submission on a connection service.py has already wrapped in TLS. The
 factory also keeps the per-client-IP connection count for ``max_connections_per_ip``.
 """
@@ -42,7 +42,7 @@ class SMTPFactory(ServerFactory):
         self.max_errors = max(1, smtp["max_errors"])
         self.idle_timeout = smtp["idle_timeout"] or None
         self.max_per_ip = smtp["max_connections_per_ip"]
-        self.loopback_plaintext_auth = smtp.get("loopback_plaintext_auth", True)
+        self.plaintext_auth_loopback = smtp["plaintext_auth_loopback"]
         self.memory_limit = DEFAULT_MEMORY_LIMIT
         self.spool_dir = cfg.data_dir / "spool"
         self.spool_dir.mkdir(parents=True, exist_ok=True)

@@ -320,7 +320,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
         f = self.factory
         if not f.auth or self.user is not None:
             return False
-        return self.tls or (f.loopback_plaintext_auth and _is_loopback(self.peer_ip))
+        return self.tls or (f.plaintext_auth_loopback and _is_loopback(self.peer_ip))
 
     def do_STARTTLS(self, arg: str) -> None:
         f = self.factory

@@ -271,7 +271,7 @@ def test_plaintext_auth_refused_off_loopback(make_unit):
     s.send(f"AUTH PLAIN {plain('alice@example.com', 'alice-pw')}\r\n")
     assert s.codes() == ["538 5.7.11 Encryption required for requested authentication mechanism"]
     assert s.proto.user is None
-    u2 = make_unit("[smtp]\nloopback_plaintext_auth = false\n")
+    u2 = make_unit("[smtp]\nplaintext_auth_loopback = false\n")
     s2 = u2.session("submission")
     assert "AUTH" not in ehlo(s2)
     s2.send("AUTH LOGIN\r\n")

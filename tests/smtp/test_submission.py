@@ -76,7 +76,7 @@ def test_auth_required_sender_checks_and_wrong_password(smtp_server, smtp_env):
 
 def test_plaintext_auth_needs_tls_when_loopback_exemption_is_off(tmp_path, server_factory):
     env = setup_env(MailhubEnv(tmp_path / "strict", extra_toml=SERVER_TOML.replace(
-        "[smtp]", "[smtp]\nloopback_plaintext_auth = false")))
+        "[smtp]", "[smtp]\nplaintext_auth_loopback = false")))
     server = server_factory(env).start()
     s = client(server, "submission")
     s.ehlo("laptop.example")
