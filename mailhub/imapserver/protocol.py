@@ -1220,6 +1220,7 @@ class IMAPServerProtocol(Protocol):
         buf = []
         size = 0
         uids_then = idx.uids
+        few = len(targets) <= 1000
         for seq, uid, p in targets:
             if idx.uids is not uids_then:
                 # the output is spread over reactor turns: if messages came or went
@@ -1263,6 +1264,9 @@ class IMAPServerProtocol(Protocol):
                         hdrs = M.parse_headers(data[:M.split_message(data)[0]])
                     elif header is not None:
                         hdrs = M.parse_headers(header)
+                    elif few and not idx.cache.loaded:
+                        # a few envelopes: reading those files beats loading the whole cache
+                        hdrs = M.parse_headers(read_header(idx, p) or b"")
                     else:
                         hdrs = M.parse_headers(envelope_fields(idx, p) or b"")
                     items.append(b"ENVELOPE " + M.envelope(hdrs))

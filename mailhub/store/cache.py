@@ -55,6 +55,10 @@ class HeaderCache:
         self._data = {k.decode("utf-8", "surrogateescape"): v
                       for k, _, v in (r.partition(b"\x01") for r in recs)}
 
+    @property
+    def loaded(self) -> bool:
+        return self._data is not None
+
     def get(self, key: str) -> bytes | None:
         if self._data is None:
             self._load()
