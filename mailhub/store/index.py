@@ -95,6 +95,7 @@ class FolderIndex:
         self._names_new: set[str] = set()
         self._names_cur: set[str] = set()
         self._snap_stamp = None
+        self._snap_time = -1e9
         self.users = 0
         self.cache = HeaderCache(self.path)
         self.flag_cache: dict = {}  # for protocol code: (letters, recent) -> wire bytes
@@ -142,11 +143,15 @@ class FolderIndex:
         self._snap_stamp = stamp
         return True
 
-    def save_snapshot(self) -> None:
+    def save_snapshot(self, min_interval: float = 0.0) -> None:
         """Write the snapshot if the uidlist moved since the last one (atomic, no fsync: a
-        lost or stale snapshot is simply ignored)."""
+        lost or stale snapshot is simply ignored); at most every ``min_interval`` seconds."""
         if self._known is not None:
             return
+        now = time.monotonic()
+        if min_interval and now - self._snap_time < min_interval:
+            return
+        self._snap_time = now
         stamp = self._uidlist_stamp()
         if stamp is None or stamp == self._snap_stamp:
             return
@@ -769,7 +774,7 @@ class IndexRegistry:
         if idx.users > 0:
             return
         k = str(idx.path)
-        idx.save_snapshot()
+        idx.save_snapshot(min_interval=30.0)  # and at shutdown (save_all)
         if self._open.get(k) is idx:
             del self._open[k]
             self._idle[k] = idx
