@@ -510,6 +510,16 @@ def _append(p: _P):
         if p.peek() == 0x22:
             when = p.date_time()
             p.sp()
+        if p.peek() == 0x7E:  # literal8 (RFC 3516 syntax, RFC 6855 APPEND)
+            p.i += 1
+        elif p.peek() in (0x55, 0x75) and p.data[p.i:p.i + 6].upper() == b"UTF8 (":
+            # RFC 6855: UTF8 (~{n}) after ENABLE UTF8=ACCEPT
+            p.i += 6
+            if p.peek() == 0x7E:
+                p.i += 1
+            messages.append((flags, when, p.literal()))
+            p.expect(b")")
+            continue
         if p.peek() != 0x7B:
             p.err("expected the message literal")
         messages.append((flags, when, p.literal()))

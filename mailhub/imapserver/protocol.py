@@ -344,7 +344,7 @@ class IMAPServerProtocol(Protocol):
         else:
             caps += ["NAMESPACE", "UIDPLUS", "MOVE", "SPECIAL-USE", "UNSELECT", "CHILDREN",
                      "LIST-EXTENDED", "LIST-STATUS", f"APPENDLIMIT={self.settings.append_limit}",
-                     "MULTIAPPEND", "CONDSTORE", "QRESYNC", "UTF8=ACCEPT"]
+                     "MULTIAPPEND", "CONDSTORE", "QRESYNC", "UTF8=ACCEPT", "STATUS=SIZE"]
         return " ".join(caps).encode()
 
     def _plaintext_ok(self) -> bool:

@@ -233,3 +233,12 @@ def test_framer_then_parser_roundtrip():
     ev += f.feed(b'al"ce "pw"\r\n')
     cmd = parse_command(ev[-1][1])
     assert cmd.args == (b'al"ce', b"pw")
+
+
+def test_append_utf8_and_literal8():
+    c = parse_command(b"a APPEND INBOX (\\Seen) UTF8 (~{4+}\r\nab\xc3\xa9)")
+    assert c.args[1] == [(["\\Seen"], None, b"ab\xc3\xa9")]
+    c = parse_command(b"a APPEND INBOX ~{2}\r\nhi")
+    assert c.args[1] == [([], None, b"hi")]
+    with pytest.raises(ParseError):
+        parse_command(b"a APPEND INBOX UTF8 (~{2}\r\nhi")

@@ -569,3 +569,19 @@ def test_search_big_folder_in_slices(folder, imap_server):
         [i + 1 for i in range(n) if i % 50 != 3 and i % 2 and f"s{i}".startswith("s1")]
     uids = c.search(["OR", "FROM", "wanted", "BODY", "needle"])
     assert len(uids) == len({i for i in range(n) if i % 50 == 3 or i % 100 == 7})
+
+
+def test_utf8_append_and_status_size(folder, imap_server):
+    c, name = folder
+    r = imap_server.raw()
+    r.cmd(b"LOGIN alice@example.com pw-alice")
+    assert r.cmd(b"ENABLE UTF8=ACCEPT")[0] == b"* ENABLED UTF8=ACCEPT"
+    msg = "Subject: caf\u00e9\r\nFrom: \u00e9l\u00e8ve@exemple.fr\r\n\r\nbody\r\n".encode()
+    out = r.cmd(b"APPEND " + name.encode() + b" UTF8 (~{%d+}\r\n" % len(msg) + msg + b")")
+    assert out[-1].startswith(b"t1 OK [APPENDUID ")
+    out = r.cmd(b"STATUS " + name.encode() + b" (MESSAGES SIZE)")
+    assert out[0] == b'* STATUS "%s" (MESSAGES 1 SIZE %d)' % (name.encode(), len(msg))
+    r.cmd(b"SELECT " + name.encode())
+    out = r.cmd(b"FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert "caf\u00e9".encode() in b"\r\n".join(out)
+    r.close()
