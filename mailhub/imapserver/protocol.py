@@ -718,9 +718,19 @@ class IMAPServerProtocol(Protocol):
         want_subscribed = "SUBSCRIBED" in selection or "SUBSCRIBED" in returns
         match = self._matcher(ref, [p for p in pats if p])
         names = [n for n in folders if match(n)]
+        childinfo: set[str] = set()
         if "SUBSCRIBED" in selection:
             names = [n for n in names if n in subs] + sorted(
                 n for n in subs if n not in exist and match(n))
+            if "RECURSIVEMATCH" in selection:
+                # RFC 5258: parents matching the pattern whose descendants are subscribed
+                for sub in subs:
+                    parts = sub.split(DELIMITER)
+                    for k in range(1, len(parts)):
+                        parent = DELIMITER.join(parts[:k])
+                        if match(parent):
+                            childinfo.add(parent)
+                names += sorted(n for n in childinfo if n not in names)
         if "SPECIAL-USE" in selection:
             names = [n for n in names if n in SPECIAL_FOLDERS]
         for n in names:
@@ -736,7 +746,9 @@ class IMAPServerProtocol(Protocol):
             su = SPECIAL_FOLDERS.get(n)
             if su and n in exist:
                 attrs.append(su)
-            self._write(b"* LIST (" + " ".join(attrs).encode() + b') "." ' + self._mbox_out(n) + b"\r\n")
+            extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if n in childinfo else b""
+            self._write(b"* LIST (" + " ".join(attrs).encode() + b') "." ' + self._mbox_out(n) +
+                        extra + b"\r\n")
             if status_items and n in exist:
                 self._status_line(n, status_items)
         return ("OK", "List completed")
@@ -749,9 +761,20 @@ class IMAPServerProtocol(Protocol):
             self._write(b'* LSUB (\\Noselect) "." ""\r\n')
             return ("OK", "Lsub completed")
         match = self._matcher(ref, [pat])
-        for n in self._store().subscriptions(self._addr()):
+        subs = self._store().subscriptions(self._addr())
+        subset = set(subs)
+        noselect = set()
+        for n in subs:
             if match(n):
                 self._write(b'* LSUB () "." ' + self._mbox_out(n) + b"\r\n")
+                continue
+            # RFC 3501 6.3.9: an unsubscribed parent matched by "%" shows as \Noselect
+            parts = n.split(DELIMITER)
+            for k in range(1, len(parts)):
+                parent = DELIMITER.join(parts[:k])
+                if parent not in subset and parent not in noselect and match(parent):
+                    noselect.add(parent)
+                    self._write(b'* LSUB (\\Noselect) "." ' + self._mbox_out(parent) + b"\r\n")
         return ("OK", "Lsub completed")
 
     def _status_line(self, name: str, items) -> None:

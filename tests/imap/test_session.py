@@ -585,3 +585,23 @@ def test_utf8_append_and_status_size(folder, imap_server):
     out = r.cmd(b"FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
     assert "caf\u00e9".encode() in b"\r\n".join(out)
     r.close()
+
+
+def test_recursivematch_and_lsub_parents(imap_server):
+    c = imap_server.client()
+    top = unique("Top")
+    c.create_folder(f"{top}.Child")  # creates and subscribes the child; the parent exists too
+    c.unsubscribe_folder(top)
+    r = imap_server.raw()
+    r.cmd(b"LOGIN alice@example.com pw-alice")
+    out = r.cmd(b'LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"')
+    line = [l for l in out if b'"' + top.encode() + b'"' in l]
+    assert line and line[0].endswith(b'("CHILDINFO" ("SUBSCRIBED"))')
+    assert b"\\Subscribed" not in line[0]
+    out = r.cmd(b'LSUB "" "%"')
+    assert b'* LSUB (\\Noselect) "." "' + top.encode() + b'"' in out
+    out = r.cmd(b'LSUB "" "*"')
+    assert b'* LSUB () "." "' + top.encode() + b'.Child"' in out
+    assert not any(l.endswith(b'"' + top.encode() + b'"') for l in out)
+    r.close()
+    c.logout()
