@@ -80,7 +80,7 @@ class FolderIndex:
         self.files: list[str] = []      # "new/<name>" or "cur/<name>"
         self.flags: list[str] = []      # sorted maildir letters incl. keyword letters
         self.modseqs = array("Q")
-        self.key_uid: dict[str, int] = {}
+        self._key_uid: dict[str, int] | None = {}
         self.changes: list[tuple[int, int]] = []    # (modseq, uid) flag changes, ascending
         self.changes_floor = 0                       # changes below this modseq were trimmed
         self.expunged: list[tuple[int, int]] = []   # (modseq, uid)
@@ -101,6 +101,16 @@ class FolderIndex:
         self.flag_cache: dict = {}  # for protocol code: (letters, recent) -> wire bytes
         self._load()
 
+    @property
+    def key_uid(self) -> dict[str, int]:
+        if self._key_uid is None:
+            self._key_uid = dict(zip(self.keys, self.uids))
+        return self._key_uid
+
+    @key_uid.setter
+    def key_uid(self, value: dict[str, int]) -> None:
+        self._key_uid = value
+
     # -- persistence -----------------------------------------------------------------------
     def _uidlist_stamp(self):
         try:
@@ -117,7 +127,7 @@ class FolderIndex:
             return False
         try:
             with open(self.path / SNAPSHOT, "rb") as f:
-                snap = marshal.load(f)
+                snap = marshal.loads(f.read())  # marshal.load(f) reads piecemeal: 10x slower
         except (OSError, EOFError, ValueError, TypeError):
             return False
         try:
@@ -135,7 +145,7 @@ class FolderIndex:
             return False
         self.uidvalidity, self.uidnext, self.highestmodseq = self_validity, uidnext, hms
         self.uids, self.modseqs, self.keys, self.files, self.flags = u, m, keys, files, flags
-        self.key_uid = dict(zip(keys, u))
+        self._key_uid = None  # built on first use: a plain SELECT + FETCH never needs it
         self._names_new = self._names_cur = None  # built from files when first needed
         self._mtimes = (mt_new, mt_cur)
         self._dirty_all = False
