@@ -55,8 +55,7 @@ def parse_headers(header: bytes) -> list[tuple[bytes, bytes, bytes]]:
 
 def _field(name: bytes, raw: list[bytes]) -> tuple[bytes, bytes, bytes]:
     whole = b"".join(raw)
-    value = whole.partition(b":")[2]
-    value = re.sub(rb"\r?\n", b"", value).strip()
+    value = whole.partition(b":")[2].replace(b"\r", b"").replace(b"\n", b"").strip()
     return name, value, whole
 
 

@@ -1283,6 +1283,11 @@ class IMAPServerProtocol(Protocol):
                 elif n == "INTERNALDATE":
                     items.append(b"INTERNALDATE " + internaldate_text(idx.internaldate(p)))
                 elif n == "ENVELOPE":
+                    env_cache = idx.envelope_cache
+                    env = env_cache.get(idx.keys[p])
+                    if env is not None:
+                        items.append(b"ENVELOPE " + env)
+                        continue
                     if data is not None:
                         hdrs = M.parse_headers(data[:M.split_message(data)[0]])
                     elif header is not None:
@@ -1292,7 +1297,11 @@ class IMAPServerProtocol(Protocol):
                         hdrs = M.parse_headers(read_header(idx, p) or b"")
                     else:
                         hdrs = M.parse_headers(envelope_fields(idx, p) or b"")
-                    items.append(b"ENVELOPE " + M.envelope(hdrs))
+                    env = M.envelope(hdrs)
+                    if len(env_cache) >= 50000:
+                        env_cache.clear()
+                    env_cache[idx.keys[p]] = env  # a message never changes: nor does this
+                    items.append(b"ENVELOPE " + env)
                 elif n in ("BODYSTRUCTURE", "BODY") and a.section is None:
                     if msg is None:
                         msg = M.parse_message(data)

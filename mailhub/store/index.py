@@ -99,6 +99,7 @@ class FolderIndex:
         self.users = 0
         self.cache = HeaderCache(self.path)
         self.flag_cache: dict = {}  # for protocol code: (letters, recent) -> wire bytes
+        self.envelope_cache: dict = {}  # for protocol code: key -> rendered ENVELOPE
         self._load()
 
     @property
