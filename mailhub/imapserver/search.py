@@ -205,20 +205,25 @@ def column(index, name: bytes, read_env) -> list[str]:
 def _raw_candidates(index, needle: bytes, read_env) -> set[int]:
     """Positions whose cached header block contains needle (case-insensitive) or an encoded
     word: one scan over all the blocks joined, in C."""
-    keys = index.keys
-    get = index.cache.get
-    blobs = []
-    for p in range(len(keys)):
-        b = get(keys[p])
-        if b is None:
-            b = read_env(p) or b""
-        blobs.append(b)
-    joined = b"\x00".join(blobs).lower()
-    starts = []
-    acc = 0
-    for b in blobs:
-        starts.append(acc)
-        acc += len(b) + 1
+    cached = getattr(index, "search_joined", None)
+    if cached is not None and cached[0] is index.uids:
+        joined, starts = cached[1], cached[2]  # nothing came or went since: reuse
+    else:
+        keys = index.keys
+        get = index.cache.get
+        blobs = []
+        for p in range(len(keys)):
+            b = get(keys[p])
+            if b is None:
+                b = read_env(p) or b""
+            blobs.append(b)
+        joined = b"\x00".join(blobs).lower()
+        starts = []
+        acc = 0
+        for b in blobs:
+            starts.append(acc)
+            acc += len(b) + 1
+        index.search_joined = (index.uids, joined, starts)
     out = set()
     for pat in (needle, b"=?"):
         i = joined.find(pat)
