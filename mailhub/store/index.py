@@ -68,6 +68,9 @@ class FolderIndex:
     def __init__(self, path: str | Path, events=None, address: str = "", name: str = "INBOX",
                  fsync: bool = True):
         self.path = Path(path)
+        self._dir = str(self.path)  # plain strings: pathlib joins cost more than the stat
+        self._new_dir = os.path.join(self._dir, "new")
+        self._cur_dir = os.path.join(self._dir, "cur")
         self.events = events
         self.address = address
         self.name = name
@@ -361,7 +364,7 @@ class FolderIndex:
 
     def _stat_mtimes(self):
         try:
-            return (os.stat(self.path / "new").st_mtime_ns, os.stat(self.path / "cur").st_mtime_ns)
+            return (os.stat(self._new_dir).st_mtime_ns, os.stat(self._cur_dir).st_mtime_ns)
         except FileNotFoundError:
             return (None, None)
 
@@ -382,7 +385,7 @@ class FolderIndex:
 
     def _listdir(self, sub: str) -> set[str]:
         try:
-            names = set(os.listdir(os.path.join(self.path, sub)))
+            names = set(os.listdir(os.path.join(self._dir, sub)))
         except FileNotFoundError:
             return set()
         dots = [n for n in names if n[:1] == "."]
@@ -575,26 +578,26 @@ class FolderIndex:
         return -1
 
     def file_path(self, i: int) -> str:
-        return os.path.join(self.path, self.files[i])
+        return os.path.join(self._dir, self.files[i])
 
     def open(self, i: int):
         """The message file at position i, or None if it was deleted. A file renamed by
         someone else (flags changed) is found again by its key; positions never shift here
         (the index is only marked for a rescan, done at the next sync)."""
         try:
-            return open(os.path.join(self.path, self.files[i]), "rb")
+            return open(os.path.join(self._dir, self.files[i]), "rb")
         except FileNotFoundError:
             self._dirty_all = True
         key = self.keys[i]
         for sub in ("cur", "new"):
             try:
-                names = os.listdir(os.path.join(self.path, sub))
+                names = os.listdir(os.path.join(self._dir, sub))
             except FileNotFoundError:
                 continue
             for fn in names:
                 if fn.startswith(key) and fn.partition(":")[0] == key:
                     try:
-                        f = open(os.path.join(self.path, sub, fn), "rb")
+                        f = open(os.path.join(self._dir, sub, fn), "rb")
                     except FileNotFoundError:
                         continue
                     self._ensure_names()
@@ -634,7 +637,7 @@ class FolderIndex:
             key = self.keys[i]
             new_file = f"cur/{key}:2,{letters}"
             try:
-                os.rename(os.path.join(self.path, self.files[i]), os.path.join(self.path, new_file))
+                os.rename(os.path.join(self._dir, self.files[i]), os.path.join(self._dir, new_file))
             except FileNotFoundError:
                 self._dirty_all = True
                 continue
@@ -662,7 +665,7 @@ class FolderIndex:
         removed = []
         for i in positions:
             try:
-                os.unlink(os.path.join(self.path, self.files[i]))
+                os.unlink(os.path.join(self._dir, self.files[i]))
             except FileNotFoundError:
                 pass
             self._track(self.files[i], False)
@@ -709,7 +712,7 @@ class FolderIndex:
     def copy_to(self, i: int, target: "FolderIndex", letters: str) -> int | None:
         """Copy the message at position i into another folder (hard link when possible);
         returns the new UID there, None if the source vanished."""
-        src = os.path.join(self.path, self.files[i])
+        src = os.path.join(self._dir, self.files[i])
         key = unique_name(self.size(i))
         name = f"{key}:2,{letters}"
         dst = os.path.join(target.path, "cur", name)
