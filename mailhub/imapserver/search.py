@@ -167,7 +167,8 @@ def _cmp(op: str, d: _dt.date, ref: _dt.date) -> bool:
     return d >= ref
 
 
-M_FLAG = {"\\seen": "S", "\\answered": "R", "\\flagged": "F", "\\deleted": "T", "\\draft": "D"}
+M_FLAG = {"\\seen": "S", "\\answered": "R", "\\flagged": "F", "\\deleted": "T", "\\draft": "D",
+          "$forwarded": "P"}
 
 
 # -- whole-folder evaluation of header keys ----------------------------------------------------

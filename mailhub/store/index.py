@@ -43,7 +43,8 @@ log = Logger(namespace="mailhub.store.index")
 UIDLIST = "mailhub-uidlist"
 SNAPSHOT = "mailhub-index.snap"
 KEYWORDS = "mailhub-keywords"
-SYSTEM_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
+SYSTEM_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "P": "$Forwarded", "R": "\\Answered",
+                "S": "\\Seen", "T": "\\Deleted"}  # P (passed) is $Forwarded, as in Dovecot
 FLAG_LETTERS = {v.lower(): k for k, v in SYSTEM_FLAGS.items()}
 KEYWORD_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 CHANGELOG_MAX = 20000

@@ -274,3 +274,13 @@ def test_open_finds_a_renamed_file_and_never_shifts_positions(store):
     assert list(idx.uids) == [1, 2, 3]  # unchanged until the next sync
     idx.sync()
     assert list(idx.uids) == [2, 3] and idx.flags[0] == "S"
+
+
+def test_passed_flag_is_forwarded_keyword(store):
+    folder = store.folder(ADDR)
+    drop(folder, "1.M1P1Q1.host,S=22", flags="PS")
+    idx = FolderIndex(folder.path, fsync=False)
+    idx.sync()
+    assert idx.flag_names(idx.flags[0]) == ["$Forwarded", "\\Seen"]
+    assert idx.letters_for(["$Forwarded", "\\Answered"]) == "PR"
+    assert idx.keywords == []  # no keyword slot used for it
