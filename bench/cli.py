@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     b.log(f"{command}  (temp dir {b.root})")
     t0 = time.monotonic()
     load_before = _loadavg()
+    machine_start = report.machine_info()
     methodology = {}
     try:
         for name in only:
@@ -85,9 +86,14 @@ def main(argv: list[str] | None = None) -> int:
                 procs.cleanup_all()
     finally:
         b.cleanup()
+    machine = report.machine_info()
+    machine["commit_at_start"] = machine_start.get("commit")
+    machine["tree_at_start"] = machine_start.get("tree")
+    machine["commits_during_run"] = report.commits_between(machine_start.get("commit"),
+                                                           machine.get("commit"))
     meta = {"date": report.now_utc(), "command": command, "quick": args.quick,
             "rounds": args.rounds, "duration_s": time.monotonic() - t0,
-            "machine": report.machine_info(), "only": only, "skipped": b.skipped,
+            "machine": machine, "only": only, "skipped": b.skipped,
             "profiles": b.profiles, "methodology": methodology,
             "loadavg": {"before": load_before, "after": _loadavg()}}
     report.write_json(args.out / "results.json", b.results, meta)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from bench.stats import CaseResult
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 SCENARIO_TITLES = {
     "smtp": "SMTP ingestion (smtp-source -> MX, delivered to Maildir with fsync)",
     "queue": "Outbound relay from the queue to smtp-sink",
@@ -46,19 +48,41 @@ def machine_info() -> dict:
         except (OSError, IndexError, subprocess.SubprocessError):
             info[name] = "?"
     try:
-        import twisted
-        info["twisted"] = twisted.__version__
-    except ImportError:
-        pass
+        from importlib.metadata import version
+        info["twisted"] = version("twisted")
+    except Exception:  # noqa: BLE001 - not installed in this interpreter
+        info["twisted"] = "?"
     try:
         info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                        text=True, cwd=Path(__file__).parent).stdout.strip()
+                                        text=True, cwd=REPO_ROOT).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "mailhub"],
-                               capture_output=True, text=True, cwd=Path(__file__).parent).stdout
+                               capture_output=True, text=True, cwd=REPO_ROOT).stdout
         info["tree"] = "with uncommitted changes in mailhub/" if dirty.strip() else "clean"
     except OSError:
         pass
     return info
+
+
+def commits_between(a: str | None, b: str | None) -> int:
+    """How many commits touching mailhub/ landed between two revisions (0 if unknown)."""
+    if not a or not b or a == b:
+        return 0
+    try:
+        out = subprocess.run(["git", "rev-list", "--count", f"{a}..{b}", "--", "mailhub"],
+                             capture_output=True, text=True, cwd=REPO_ROOT).stdout
+        return int(out.strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _software(m: dict) -> str:
+    start, end = m.get("commit_at_start"), m.get("commit", "?")
+    if start and start != end:
+        n = m.get("commits_during_run", 0)
+        return (f"mailhub {start} ({m.get('tree_at_start', '?')}) at the start, {end} at the end "
+                f"({n} commit{'s' if n != 1 else ''} to mailhub/ landed during the run: each "
+                f"server start runs the tree as it is then)")
+    return f"mailhub {end} ({m.get('tree', '?')})"
 
 
 def _fmt(v: float | None) -> str:
@@ -125,7 +149,7 @@ def write_markdown(path: Path, results: list[CaseResult], meta: dict, skipped: d
            f"- **Command:** `{meta['command']}`",
            f"- **Machine:** {m.get('cores')} cores ({m.get('cpu', '?')}), "
            f"{m.get('memory_gib', '?')} GiB memory, Linux {m.get('kernel')}",
-           f"- **Software:** mailhub {m.get('commit', '?')} ({m.get('tree', '?')}), Python "
+           f"- **Software:** {_software(m)}, Python "
            f"{m.get('python')}, Twisted {m.get('twisted', '?')}; Postfix {m.get('postfix')}, "
            f"Dovecot {m.get('dovecot')} (Debian packages)",
            *([f"- **Load average** (1/5/15 min) before the run: "
