@@ -21,10 +21,32 @@ from twisted.cred import credentials, error
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, threads
+from twisted.python import failure
 from zope.interface import Attribute, Interface, implementer
 
 from mailhub.directory.interfaces import IDirectory
 from mailhub.directory.passwords import verify_password
+
+_MALLOC_DONE = False
+
+
+def return_big_allocations_to_the_system() -> None:
+    """Make glibc serve large blocks (Argon2's 19 MiB) with mmap every time, so they go back
+    to the system when freed. Without this glibc's dynamic threshold soon serves them from
+    per-thread heaps that keep the memory: concurrent logins would leave tens of MB behind
+    in a process that must hold 10,000 IDLE clients in little memory."""
+    global _MALLOC_DONE
+    if _MALLOC_DONE:
+        return
+    _MALLOC_DONE = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_MMAP_THRESHOLD = -3
+        libc.mallopt(M_MMAP_THRESHOLD, 1024 * 1024)  # fixed: disables the dynamic threshold
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
 
 
 class IMailUser(Interface):
@@ -54,6 +76,10 @@ class DirectoryChecker:
         self.threaded = threaded
         self._secret = os.urandom(32)
         self._cache: dict[bytes, tuple[str, float]] = {}
+        self._inflight: dict[bytes, list[defer.Deferred]] = {}
+        # Argon2 costs 19 MiB and a core per run: at most this many at once (a burst of
+        # logins queues instead of multiplying memory and starving the reactor thread)
+        self._argon2 = defer.DeferredSemaphore(max(1, os.cpu_count() or 1))
 
     def _digest(self, address: str, stored_hash: str, password: str) -> bytes:
         msg = "\x00".join((address, stored_hash, password)).encode("utf-8", "surrogatepass")
@@ -71,7 +97,8 @@ class DirectoryChecker:
             return defer.fail(error.UnauthorizedLogin("bad encoding"))
         found = self.directory.password_hash(username)
         if found is None or not password:
-            # spend comparable time so a missing user is not revealed by timing
+            # no Argon2 run here: the protocols delay every failure reply alike (AuthThrottle),
+            # so a missing user is not told apart by timing
             return defer.fail(error.UnauthorizedLogin("invalid credentials"))
         address, stored = found
         digest = self._digest(address, stored, password)
@@ -79,6 +106,12 @@ class DirectoryChecker:
         now = time.monotonic()
         if hit is not None and now - hit[1] < self.CACHE_TTL:
             return defer.succeed(address)
+
+        waiting = self._inflight.get(digest)
+        if waiting is not None:  # the same login is being verified: share that run
+            d = defer.Deferred()
+            waiting.append(d)
+            return d
 
         def checked(ok: bool):
             if not ok:
@@ -88,11 +121,20 @@ class DirectoryChecker:
             self._cache[digest] = (address, time.monotonic())
             return address
 
+        def share(result):
+            for other in self._inflight.pop(digest, []):
+                if isinstance(result, failure.Failure):
+                    other.errback(result.value)
+                else:
+                    other.callback(result)
+            return result
+
+        self._inflight[digest] = []
         if self.threaded:
-            d = threads.deferToThread(verify_password, stored, password)
+            d = self._argon2.run(threads.deferToThread, verify_password, stored, password)
         else:
             d = defer.maybeDeferred(verify_password, stored, password)
-        return d.addCallback(checked)
+        return d.addCallback(checked).addBoth(share)
 
 
 @implementer(IRealm)
@@ -121,6 +163,7 @@ class MailRealm:
 
 
 def build_portal(store: Any, directory: IDirectory, threaded: bool = True) -> tuple[Portal, MailRealm]:
+    return_big_allocations_to_the_system()
     realm = MailRealm(store, directory)
     portal = Portal(realm, [DirectoryChecker(directory, threaded=threaded)])
     return portal, realm

@@ -13,6 +13,8 @@ from mailhub.store.index import IndexRegistry
 
 
 class IMAPFactory(Factory):
+    noisy = False  # the listener logs "listening: imap ..." already
+
     def __init__(self, ctx, listener_name: str):
         self.ctx = ctx
         self.listener_name = listener_name
