@@ -77,11 +77,14 @@ def commits_between(a: str | None, b: str | None) -> int:
 
 def _software(m: dict) -> str:
     start, end = m.get("commit_at_start"), m.get("commit", "?")
-    if start and start != end:
+    if start and start != end and m.get("commits_during_run"):
         n = m.get("commits_during_run", 0)
         return (f"mailhub {start} ({m.get('tree_at_start', '?')}) at the start, {end} at the end "
                 f"({n} commit{'s' if n != 1 else ''} to mailhub/ landed during the run: each "
                 f"server start runs the tree as it is then)")
+    if start and start != end:
+        return (f"mailhub {start} ({m.get('tree_at_start', '?')}; later commits during the run "
+                f"did not touch mailhub/)")
     return f"mailhub {end} ({m.get('tree', '?')})"
 
 
@@ -113,7 +116,7 @@ def write_json(path: Path, results: list[CaseResult], meta: dict) -> None:
 
 
 def write_chart(path: Path, results: list[CaseResult]) -> bool:
-    rows = [(f"{r.scenario}: {r.case}", r.ratio) for r in results if r.ratio]
+    rows = [(f"{r.scenario}: {r.case}", r.ratio, r.target_met) for r in results if r.ratio]
     if not rows:
         return False
     try:
@@ -125,11 +128,12 @@ def write_chart(path: Path, results: list[CaseResult]) -> bool:
     labels = [r[0] for r in rows][::-1]
     vals = [r[1] for r in rows][::-1]
     fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.5))
-    colors = ["#2a9d4b" if v >= 1 else "#d1495b" for v in vals]
+    met = [r[2] for r in rows][::-1]
+    colors = ["#2a9d4b" if m else "#d1495b" for m in met]
     ax.barh(labels, vals, color=colors)
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xscale("log")
-    ax.set_xlabel("mailhub / peer (>1: mailhub faster; log scale)")
+    ax.set_xlabel("mailhub / peer (>1: mailhub faster; log scale); green: target met")
     ax.set_title("mailhub vs Postfix/Dovecot, median of alternating rounds")
     for i, v in enumerate(vals):
         ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
