@@ -31,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="add one py-spy profiled mailhub run per scenario to the report")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    ap.add_argument("--dovecot-scheme", default="auto",
+                    help="password scheme of Dovecot's passdb: auto (ARGON2ID with mailhub's "
+                         "Argon2id parameters when this Dovecot has it, else the strongest "
+                         "available) for pop3/imap and PLAIN for idle (see docs/bench.md), "
+                         "or one scheme for all, such as ARGON2ID, SHA512-CRYPT, PLAIN")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install peers")
     ap.add_argument("--report-from", type=Path, metavar="RESULTS_JSON",
                     help="only rewrite RESULTS.md/ratios.png from a results.json (e.g. after "
@@ -55,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log_file = open(args.out / "bench.log", "w")
     b = Bench(args.quick, args.rounds, keep=args.keep, profile=args.profile, log_file=log_file)
+    from bench.peers.dovecot import password_schemes, pick_scheme
+    if args.dovecot_scheme == "auto":
+        b.dovecot_scheme = pick_scheme(password_schemes())
+        # Dovecot re-verifies the hash on every login (its auth cache keeps the passdb lookup,
+        # not the verification): 10,000 IDLE logins would time 10,000 Argon2 runs, not IDLE
+        b.idle_dovecot_scheme = "PLAIN"
+    else:
+        b.dovecot_scheme = b.idle_dovecot_scheme = args.dovecot_scheme.upper()
     atexit.register(b.cleanup)
 
     def on_signal(signum, frame):
@@ -95,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds, "duration_s": time.monotonic() - t0,
             "machine": machine, "only": only, "skipped": b.skipped,
             "profiles": b.profiles, "methodology": methodology,
+            "peer_auth": {"dovecot_scheme": b.dovecot_scheme, "auth_cache": "10M, 5 min",
+                          "idle_dovecot_scheme": b.idle_dovecot_scheme,
+                          "mailhub_scheme": "ARGON2ID"},
             "loadavg": {"before": load_before, "after": _loadavg()}}
     report.write_json(args.out / "results.json", b.results, meta)
     write_report(args.out, b.results, meta)

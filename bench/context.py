@@ -32,6 +32,8 @@ class Bench:
         self.profiles: dict[str, dict] = {}
         self.t0 = time.monotonic()
         self.log_file = log_file
+        self.dovecot_scheme: str | None = None  # None: Dovecot peer picks (ARGON2ID if it has it)
+        self.idle_dovecot_scheme: str | None = None  # the same, for the IDLE scenario
 
     def log(self, msg: str) -> None:
         line = f"[{time.monotonic() - self.t0:7.1f}s] {msg}"

@@ -144,6 +144,19 @@ def write_chart(path: Path, results: list[CaseResult]) -> bool:
     return True
 
 
+def _auth_line(a: dict) -> str:
+    scheme = a.get("dovecot_scheme") or "?"
+    idle = a.get("idle_dovecot_scheme") or scheme
+    same = scheme == a.get("mailhub_scheme", "ARGON2ID")
+    return (f"- **Passwords:** mailhub Argon2id (m=19456 KiB, t=2, p=1), verified logins cached "
+            f"5 min; Dovecot passwd-file `{{{scheme}}}`"
+            + (" with the same Argon2id parameters" if same else
+               " (not the same scheme as mailhub: login costs differ)")
+            + (f" (`{{{idle}}}` in the IDLE scenario)" if idle != scheme else "")
+            + f", auth cache {a.get('auth_cache', '?')}, which keeps the passdb lookup but "
+            "verifies the hash again on every login (see docs/bench.md)")
+
+
 def write_markdown(path: Path, results: list[CaseResult], meta: dict, skipped: dict,
                    profiles: dict, methodology: dict, analysis: str, chart: bool) -> None:
     m = meta["machine"]
@@ -160,6 +173,7 @@ def write_markdown(path: Path, results: list[CaseResult], meta: dict, skipped: d
               f"{' / '.join(str(x) for x in meta['loadavg'].get('before', []))}, after: "
               f"{' / '.join(str(x) for x in meta['loadavg'].get('after', []))} (anything above "
               f"~1 means other work shared the 2 cores)"] if meta.get("loadavg") else []),
+           *([_auth_line(meta["peer_auth"])] if meta.get("peer_auth") else []),
            "",
            "Each cell: median (min–max) over the rounds; mailhub and the peer alternate "
            "(A B A B ...). **Ratio** = how many times faster mailhub is (throughput: "

@@ -1,7 +1,10 @@
 """A private Dovecot instance (IMAP + POP3) on 127.0.0.1 high ports, config under a temp dir.
 
 ``dovecot -F -c <conf>``: base_dir, state and logs under the temp dir, a passwd-file
-userdb/passdb with plain passwords, ``mail_location = maildir:<mail>/%d/%n`` (Maildir++ with
+userdb/passdb with ``{ARGON2ID}`` hashes made with mailhub's own hasher (same Argon2id
+parameters as mailhub's directory) and Dovecot's auth cache on (10M, 5 min, mailhub's cache
+TTL), hash verification in auth-worker processes (all cores, like mailhub's thread pool);
+``mail_location = maildir:<mail>/%d/%n`` (Maildir++ with
 INBOX at the root: the layout mailhub writes, so a copy of mailhub's tree is served as is),
 mail owned by the system's ``mail`` user (Dovecot refuses uid 0 for mail access). Limits are
 raised so that connection counts, not Dovecot's defaults, decide (process_limit,
@@ -59,13 +62,50 @@ def raise_inotify_instances(want: int) -> None:
     procs.on_cleanup(restore)
 
 
+PREFERRED_SCHEMES = ("ARGON2ID", "BLF-CRYPT", "SHA512-CRYPT")
+
+
+def password_schemes() -> list[str]:
+    """Schemes this Dovecot build supports (``doveadm pw -l``)."""
+    try:
+        out = subprocess.run(["doveadm", "pw", "-l"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return out.split()
+
+
+def pick_scheme(available: list[str]) -> str:
+    """ARGON2ID (what mailhub stores) when this Dovecot has it, else the strongest of the
+    others; PLAIN when none of them is listed (or ``doveadm pw -l`` failed)."""
+    for s in PREFERRED_SCHEMES:
+        if s in available:
+            return s
+    return "PLAIN"
+
+
+def hash_for_dovecot(scheme: str, password: str) -> str:
+    """The passwd-file password field: ``{ARGON2ID}`` + the PHC string from mailhub's own
+    hasher (argon2-cffi, mailhub's parameters), so both servers run the same Argon2id cost per
+    verification; other schemes through ``doveadm pw``."""
+    if scheme == "ARGON2ID":
+        from mailhub.directory.passwords import hash_password
+        return "{ARGON2ID}" + hash_password(password)
+    if scheme == "PLAIN":
+        return "{PLAIN}" + password
+    out = subprocess.run(["doveadm", "pw", "-s", scheme, "-p", password], capture_output=True,
+                         text=True, timeout=60, check=True).stdout.strip()
+    return out
+
+
 class Dovecot:
     def __init__(self, root: Path, mail_base: Path, users: dict[str, str],
                  imap_port: int, pop3_port: int, hibernate: bool = False,
-                 max_clients: int = 2000, mail_user: str = "mail"):
+                 max_clients: int = 2000, mail_user: str = "mail", scheme: str | None = None):
         self.root = Path(root)
         self.mail_base = Path(mail_base)
         self.users = users  # address -> password
+        self.scheme = scheme or pick_scheme(password_schemes())
         self.imap_port = imap_port
         self.pop3_port = pop3_port
         self.hibernate = hibernate
@@ -82,7 +122,7 @@ class Dovecot:
         (self.root / "state").mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
         passwd = "".join(
-            f"{addr}:{{PLAIN}}{pw}:{self.uid}:{self.gid}::{self.mail_base}/{addr.split('@')[1]}/{addr.split('@')[0]}::\n"
+            f"{addr}:{hash_for_dovecot(self.scheme, pw)}:{self.uid}:{self.gid}::{self.mail_base}/{addr.split('@')[1]}/{addr.split('@')[0]}::\n"
             for addr, pw in self.users.items())
         (self.root / "passwd").write_text(passwd)
         n = self.max_clients + 100
@@ -130,9 +170,12 @@ default_client_limit = {4 * n}
 default_vsz_limit = 1G
 pop3_uidl_format = %08Xu%08Xv
 mail_fsync = optimized
+auth_cache_size = 10M
+auth_cache_ttl = 5 min
+auth_cache_verify_password_with_worker = yes
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {self.root}/passwd
+  args = scheme={self.scheme} username_format=%u {self.root}/passwd
 }}
 userdb {{
   driver = passwd-file

@@ -34,7 +34,7 @@ def run(b: Bench) -> None:
     dc_root = b.dir("idle-dovecot")
     dc_mail = dc_root / "mail"
     dc = Dovecot(dc_root, dc_mail, users, procs.free_port(), procs.free_port(), hibernate=True,
-                 max_clients=n_clients + 50)
+                 max_clients=n_clients + 50, scheme=b.idle_dovecot_scheme)
     dc.write_config()
     for u in users:
         maildir_gen.fill([mh.maildir(u), dc_mail / DOMAIN / u.split("@")[0]], 20, 2048, to=u)

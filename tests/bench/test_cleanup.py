@@ -113,6 +113,35 @@ def test_private_dovecot_serves_a_maildir_copy_to_the_pop3_worker(root):
     assert procs.owned_pids_under(root / "dc") == []
 
 
+@needs("dovecot")
+def test_private_dovecot_checks_argon2id_hashes_with_its_auth_cache(root):
+    import imaplib
+    from bench.peers.dovecot import Dovecot
+    mail = root / "dc" / "mail"
+    maildir_gen.fill([mail / "bench.example" / "user"], 2, 1024, to="user@bench.example")
+    dc = Dovecot(root / "dc", mail, {"user@bench.example": "pw-1"}, procs.free_port(),
+                 procs.free_port(), scheme="ARGON2ID")
+    maildir_gen.chown_tree(mail, dc.uid, dc.gid)
+    dc.write_config()
+    assert "{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$" in (root / "dc" / "passwd").read_text()
+    conf = dc.conf.read_text()
+    assert "auth_cache_size = 10M" in conf and "auth_cache_ttl = 5 min" in conf
+    dc.start()
+    try:
+        for _ in range(2):  # the second one goes through the auth cache
+            c = imaplib.IMAP4("127.0.0.1", dc.imap_port, timeout=30)
+            assert c.login("user@bench.example", "pw-1")[0] == "OK"
+            assert c.select("INBOX")[1] == [b"2"]
+            c.logout()
+        c = imaplib.IMAP4("127.0.0.1", dc.imap_port, timeout=30)
+        with pytest.raises(imaplib.IMAP4.error):
+            c.login("user@bench.example", "wrong")
+        c.shutdown()
+    finally:
+        dc.stop()
+    assert procs.owned_pids_under(root / "dc") == []
+
+
 def test_mailhub_instance_runs_the_working_tree_and_stops(root):
     from bench.peers.mailhub import Mailhub
     mh = Mailhub(root / "mh")

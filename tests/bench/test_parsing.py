@@ -102,3 +102,22 @@ def test_generated_maildir_is_what_mailhubs_store_reads(tmp_path):
     assert a == b and a[0] == message_name(0, len(make_message(0, 4096, addr)), "S")
     clear(other)
     assert count_messages(other) == 0
+
+
+def test_dovecot_scheme_is_argon2id_when_available_else_the_strongest():
+    from bench.peers.dovecot import pick_scheme
+    assert pick_scheme(["SHA512-CRYPT", "PLAIN", "ARGON2ID", "BLF-CRYPT"]) == "ARGON2ID"
+    assert pick_scheme(["PLAIN", "SHA512-CRYPT", "BLF-CRYPT"]) == "BLF-CRYPT"
+    assert pick_scheme(["PLAIN", "SHA512-CRYPT", "MD5-CRYPT"]) == "SHA512-CRYPT"
+    assert pick_scheme([]) == "PLAIN"
+
+
+def test_dovecot_argon2id_field_has_mailhubs_parameters_and_verifies():
+    from argon2 import PasswordHasher
+    from bench.peers.dovecot import hash_for_dovecot
+    field = hash_for_dovecot("ARGON2ID", "pw-1")
+    assert field.startswith("{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$")
+    assert ":" not in field  # a passwd-file field
+    phc = field[len("{ARGON2ID}"):]
+    assert PasswordHasher().verify(phc, "pw-1")
+    assert hash_for_dovecot("PLAIN", "pw-1") == "{PLAIN}pw-1"

@@ -50,3 +50,15 @@ def test_report_from_json_rebuilds_the_same_tables(tmp_path):
                        str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "RESULTS.md").read_text()
     assert "| smtp | 4 KB x 10, 1 session | 2.00 | ratio >= 1 | yes |" in text
+
+
+def test_header_names_both_password_schemes(tmp_path):
+    meta = {"date": "today", "command": "c", "quick": False, "rounds": 3, "duration_s": 1.0,
+            "machine": {"cores": 2},
+            "peer_auth": {"dovecot_scheme": "ARGON2ID", "idle_dovecot_scheme": "PLAIN",
+                          "auth_cache": "10M, 5 min", "mailhub_scheme": "ARGON2ID"}}
+    out = tmp_path / "RESULTS.md"
+    report.write_markdown(out, _results(), meta, {}, {}, {}, "", chart=False)
+    line = next(l for l in out.read_text().splitlines() if l.startswith("- **Passwords:**"))
+    assert "`{ARGON2ID}` with the same Argon2id parameters" in line
+    assert "`{PLAIN}` in the IDLE scenario" in line and "10M, 5 min" in line
