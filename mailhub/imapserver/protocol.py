@@ -16,6 +16,7 @@ import binascii
 import re
 import time
 from collections import deque
+from itertools import chain
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -85,6 +86,19 @@ def _no(text):
 
 def _bad(text):
     return CommandError("BAD", text)
+
+
+def _whole(seqs, uid: bool, view) -> bool:
+    """Does the sequence set cover every message of the view (``1:*``)?"""
+    n = len(view)
+    if not n:
+        return False
+    rs = seqs.resolve(view[-1] if uid else n)
+    if len(rs) != 1:
+        return False
+    if uid:
+        return rs[0][0] <= view[0] and rs[0][1] >= view[-1]
+    return rs[0][0] == 1 and rs[0][1] == n
 
 
 @implementer(IPushProducer)
@@ -843,6 +857,7 @@ class IMAPServerProtocol(Protocol):
             self.registry.release(idx)
             raise
         finals = [w.final_path() for w in writers]
+        token = idx.own_change_begin()
         d = store.commit(writers)
 
         def committed(keys):
@@ -850,6 +865,7 @@ class IMAPServerProtocol(Protocol):
                 uids = []
                 for key, path in zip(keys, finals):
                     uids.append(idx.add_file(key, path.parent.name, path.name))
+                idx.own_change_end(token)
                 log.info("imap append {user} {folder} {keys}", user=self._addr(), folder=name,
                          keys=",".join(keys))
                 return ("OK", f"[APPENDUID {idx.uidvalidity} {ordered_set_text(uids)}] Append completed")
@@ -1116,7 +1132,6 @@ class IMAPServerProtocol(Protocol):
         idx.sync()
         if not cmd.uid and sel.view is not idx.uids:
             pass  # ghost messages (expunged by others) are skipped below
-        targets = sel.resolve(seqs, cmd.uid)
         changedsince = mods.get("CHANGEDSINCE")
         names = [a.name for a in atts]
         if changedsince is not None or "MODSEQ" in names:
@@ -1142,11 +1157,32 @@ class IMAPServerProtocol(Protocol):
         need_header = not need_all and any(
             a.name == "RFC822.HEADER" or a.name == "BODY" for a in atts)
         flags_only = all(a.name in ("UID", "FLAGS", "MODSEQ", "RFC822.SIZE") for a in atts)
+        if (flags_only and changedsince is None and not sel.recent and sel.view is idx.uids
+                and [a.name for a in atts] == ["UID", "FLAGS"] and _whole(seqs, cmd.uid, idx.uids)):
+            self._fetch_all_flags(sel)
+            return ("OK", "Fetch completed")
+        targets = sel.resolve(seqs, cmd.uid)
         if flags_only:
             self._fetch_simple(sel, targets, atts, changedsince)
             return ("OK", "Fetch completed")
         gen = self._fetch_gen(sel, targets, atts, changedsince, set_seen, need_all, need_header)
         return self._stream(gen, ("OK", "Fetch completed"))
+
+    def _fetch_all_flags(self, sel):
+        """(UID) FETCH of every message's UID and FLAGS (every client's start-up resync):
+        straight from the index arrays, no per-message tuples, one %-format per 8192 lines
+        over the wire bytes of each distinct flag set."""
+        idx = sel.index
+        flags, uids = idx.flags, idx.uids
+        fmap = {f: flags_bytes(idx, f, False, sel.flag_cache) for f in set(flags)}
+        get = fmap.__getitem__
+        tmpl = b"* %d FETCH (UID %d FLAGS %s)\r\n"
+        n = len(uids)
+        for a in range(0, n, 8192):
+            b = min(n, a + 8192)
+            self._out.append(tmpl * (b - a) % tuple(chain.from_iterable(
+                zip(range(a + 1, b + 1), uids[a:b], map(get, flags[a:b])))))
+            self._flush()
 
     def _fetch_simple(self, sel, targets, atts, changedsince):
         idx = sel.index
@@ -1156,18 +1192,6 @@ class IMAPServerProtocol(Protocol):
         flags = idx.flags
         modseqs = idx.modseqs
         names = [a.name for a in atts]
-        if (changedsince is None and names[0] == "UID" and names[1:] == ["FLAGS"] and not recent
-                and sel.view is idx.uids and len(targets) == len(idx.uids)):
-            # every message, nothing \Recent: one pass over the index arrays, a flag string
-            # per distinct letter combination
-            fmap = {f: flags_bytes(idx, f, False, cache) for f in set(flags)}
-            lines = [b"* %d FETCH (UID %d FLAGS %s)\r\n" % (i, u, fmap[f])
-                     for i, u, f in zip(range(1, len(flags) + 1), idx.uids, flags)]
-            for i in range(0, len(lines), 8192):
-                out.append(b"".join(lines[i:i + 8192]))
-                self._flush()
-                out = self._out
-            return
         if changedsince is None and names in (["UID", "FLAGS"], ["FLAGS", "UID"]):
             # the start-up resync of every client (UID FETCH 1:* (FLAGS)): one pass, one join
             def fb(letters, uid):
@@ -1285,6 +1309,9 @@ class IMAPServerProtocol(Protocol):
                 elif n == "ENVELOPE":
                     env_cache = idx.envelope_cache
                     env = env_cache.get(idx.keys[p])
+                    if env is None and idx.load_envelopes():
+                        env_cache = idx.envelope_cache
+                        env = env_cache.get(idx.keys[p])
                     if env is not None:
                         items.append(b"ENVELOPE " + env)
                         continue

@@ -43,6 +43,8 @@ log = Logger(namespace="mailhub.store.index")
 UIDLIST = "mailhub-uidlist"
 SNAPSHOT = "mailhub-index.snap"
 KEYWORDS = "mailhub-keywords"
+ENVELOPES = "mailhub-envelopes"
+ENVELOPES_KEEP = 5000
 SYSTEM_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "P": "$Forwarded", "R": "\\Answered",
                 "S": "\\Seen", "T": "\\Deleted"}  # P (passed) is $Forwarded, as in Dovecot
 FLAG_LETTERS = {v.lower(): k for k, v in SYSTEM_FLAGS.items()}
@@ -80,8 +82,9 @@ class FolderIndex:
         self.uidnext = 1
         self.highestmodseq = 1
         self.uids = array("I")
-        self.keys: list[str] = []
-        self.files: list[str] = []      # "new/<name>" or "cur/<name>"
+        self._keys: list[str] | None = []
+        self._files: list[str] | None = []  # "new/<name>" or "cur/<name>"
+        self._lazy: tuple | None = None  # (joined keys, file exceptions) from a snapshot
         self.flags: list[str] = []      # sorted maildir letters incl. keyword letters
         self.modseqs = array("Q")
         self._key_uid: dict[str, int] | None = {}
@@ -95,6 +98,7 @@ class FolderIndex:
         self._dirty_new = False
         self._log_records = 0
         self._notifying = False
+        self._announces = 0  # MailboxEvents notices seen (counted once each, by the registry)
         self._known: dict | None = None
         self._names_new: set[str] = set()
         self._names_cur: set[str] = set()
@@ -104,7 +108,45 @@ class FolderIndex:
         self.cache = HeaderCache(self.path)
         self.flag_cache: dict = {}  # for protocol code: (letters, recent) -> wire bytes
         self.envelope_cache: dict = {}  # for protocol code: key -> rendered ENVELOPE
+        self._env_loaded = False
+        self._env_saved = 0
         self._load()
+
+    # keys and files are built from the snapshot only when first used: a SELECT after a
+    # restart needs neither (no per-message string objects on the cold path)
+    @property
+    def keys(self) -> list[str]:
+        if self._keys is None:
+            joined = self._lazy[0]
+            self._keys = joined.split("\n") if joined else []
+        return self._keys
+
+    @keys.setter
+    def keys(self, value: list[str]) -> None:
+        self._keys = value
+
+    @property
+    def files(self) -> list[str]:
+        if self._files is None:
+            exc = self._lazy[1]
+            self._files = [f"cur/{k}:2,{fl}" for k, fl in zip(self.keys, self.flags)]
+            for i, f in exc.items():
+                self._files[i] = f
+            self._lazy = None
+        return self._files
+
+    @files.setter
+    def files(self, value: list[str]) -> None:
+        if self._keys is None:
+            self.keys  # noqa: B018 (materialise before the snapshot's strings are dropped)
+        self._files = value
+        self._lazy = None
+
+    def _file(self, i: int) -> str:
+        if self._files is not None:
+            return self._files[i]
+        f = self._lazy[1].get(i)
+        return f if f is not None else f"cur/{self.keys[i]}:2,{self.flags[i]}"
 
     @property
     def key_uid(self) -> dict[str, int]:
@@ -137,19 +179,23 @@ class FolderIndex:
             return False
         try:
             (version, size, mtime, mt_new, mt_cur, self_validity, uidnext, hms, uids, modseqs,
-             keys, files, flags) = snap
-            if version != 1 or (size, mtime) != stamp:
+             keys, exc, flags) = snap
+            if version != 2 or (size, mtime) != stamp:
                 return False
             u = array("I")
             u.frombytes(uids)
             m = array("Q")
             m.frombytes(modseqs)
-            if not (len(u) == len(m) == len(keys) == len(files) == len(flags)):
+            if not (len(u) == len(m) == len(flags) == (keys.count("\n") + 1 if keys else 0)):
                 return False
-        except (ValueError, TypeError):
+            if not isinstance(exc, dict) or any(not 0 <= i < len(u) for i in exc):
+                return False
+        except (ValueError, TypeError, AttributeError):
             return False
         self.uidvalidity, self.uidnext, self.highestmodseq = self_validity, uidnext, hms
-        self.uids, self.modseqs, self.keys, self.files, self.flags = u, m, keys, files, flags
+        self.uids, self.modseqs, self.flags = u, m, flags
+        self._keys = self._files = None
+        self._lazy = (keys, exc)
         self._key_uid = None  # built on first use: a plain SELECT + FETCH never needs it
         self._names_new = self._names_cur = None  # built from files when first needed
         self._mtimes = (mt_new, mt_cur)
@@ -167,13 +213,21 @@ class FolderIndex:
         if min_interval and now - self._snap_time < min_interval:
             return
         self._snap_time = now
+        self.save_envelopes()
         stamp = self._uidlist_stamp()
         if stamp is None or stamp == self._snap_stamp:
             return
-        data = marshal.dumps((1, stamp[0], stamp[1], self._mtimes[0], self._mtimes[1],
+        if self._files is None:
+            exc = self._lazy[1]
+        else:
+            exc = {i: f for i, (f, k, fl) in enumerate(zip(self._files, self.keys, self.flags))
+                   if f != f"cur/{k}:2,{fl}"}
+        # keys as one string (split when first used); files only where they differ from
+        # "cur/<key>:2,<flags>"
+        data = marshal.dumps((2, stamp[0], stamp[1], self._mtimes[0], self._mtimes[1],
                               self.uidvalidity, self.uidnext, self.highestmodseq,
-                              self.uids.tobytes(), self.modseqs.tobytes(), self.keys,
-                              self.files, self.flags))
+                              self.uids.tobytes(), self.modseqs.tobytes(), "\n".join(self.keys),
+                              exc, self.flags))
         tmp = self.path / (SNAPSHOT + ".tmp")
         try:
             with open(tmp, "wb") as f:
@@ -182,6 +236,48 @@ class FolderIndex:
             self._snap_stamp = stamp
         except OSError as e:
             log.warn("cannot write {path}: {err}", path=str(self.path / SNAPSHOT), err=e)
+
+    def load_envelopes(self) -> bool:
+        """Merge the persisted ENVELOPEs (``mailhub-envelopes``: those of the newest messages
+        rendered before the last shutdown) into ``envelope_cache``, once; True if it did.
+        Keyed by message key (a message never changes), so it cannot be stale; deleting the
+        file only costs time."""
+        if self._env_loaded:
+            return False
+        self._env_loaded = True
+        try:
+            with open(self.path / ENVELOPES, "rb") as f:
+                version, envs = marshal.loads(f.read())
+            if version != 1 or not isinstance(envs, dict):
+                return False
+        except (OSError, EOFError, ValueError, TypeError):
+            return False
+        envs.update(self.envelope_cache)
+        self.envelope_cache = envs
+        self._env_saved = len(envs)
+        return True
+
+    def save_envelopes(self) -> None:
+        """Persist the cached ENVELOPEs of the newest messages (at most ENVELOPES_KEEP):
+        clients fetch the envelopes of the newest messages after a restart."""
+        cache = self.envelope_cache
+        if not cache or len(cache) == self._env_saved:
+            return
+        keep = {}
+        for k in reversed(self.keys):
+            v = cache.get(k)
+            if v is not None:
+                keep[k] = v
+                if len(keep) >= ENVELOPES_KEEP:
+                    break
+        tmp = self.path / (ENVELOPES + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(marshal.dumps((1, keep)))
+            os.rename(tmp, self.path / ENVELOPES)
+            self._env_saved = len(cache)
+        except (OSError, ValueError) as e:
+            log.warn("cannot write {path}: {err}", path=str(self.path / ENVELOPES), err=e)
 
     def _load(self) -> None:
         self._load_keywords()
@@ -362,6 +458,29 @@ class FolderIndex:
             self._dirty_new = True
         else:
             self._dirty_all = True
+
+    def announced(self, what: str) -> None:
+        """A MailboxEvents notice for this folder (one call per notice)."""
+        self._announces += 1
+        self.invalidate(what)
+
+    def own_change_begin(self):
+        """Before a change made through the store's group commit (APPEND): remember the
+        state, so ``own_change_end`` can take the new directory mtimes as known."""
+        return (self._stat_mtimes(), self._announces, self._dirty_all or self._dirty_new)
+
+    def own_change_end(self, token) -> None:
+        """After our committed files were registered with ``add_file``: if the directories
+        were in sync before and the only notice since was our commit's own, the moved mtimes
+        are our own doing and need no re-listing (the same trade-off as ``_after_own_change``:
+        a change by another program within the commit window is noticed at the next change)."""
+        mt0, ann0, dirty = token
+        if dirty or self._dirty_all or self._known is not None:
+            return
+        if self._announces - ann0 > 1 or mt0 != self._mtimes:
+            return
+        self._mtimes = self._stat_mtimes()
+        self._dirty_new = False
 
     def _stat_mtimes(self):
         try:
@@ -579,14 +698,14 @@ class FolderIndex:
         return -1
 
     def file_path(self, i: int) -> str:
-        return os.path.join(self._dir, self.files[i])
+        return os.path.join(self._dir, self._file(i))
 
     def open(self, i: int):
         """The message file at position i, or None if it was deleted. A file renamed by
         someone else (flags changed) is found again by its key; positions never shift here
         (the index is only marked for a rescan, done at the next sync)."""
         try:
-            return open(os.path.join(self._dir, self.files[i]), "rb")
+            return open(os.path.join(self._dir, self._file(i)), "rb")
         except FileNotFoundError:
             self._dirty_all = True
         key = self.keys[i]
@@ -770,7 +889,7 @@ class IndexRegistry:
                 if self.events is not None:
                     # announced changes mark the index even while no session has it open
                     idx._token = self.events.subscribe(
-                        folder.address, folder.name, lambda _a, _f, what, i=idx: i.invalidate(what))
+                        folder.address, folder.name, lambda _a, _f, what, i=idx: i.announced(what))
             self._open[k] = idx
         idx.users += 1
         return idx

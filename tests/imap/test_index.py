@@ -284,3 +284,84 @@ def test_passed_flag_is_forwarded_keyword(store):
     assert idx.flag_names(idx.flags[0]) == ["$Forwarded", "\\Seen"]
     assert idx.letters_for(["$Forwarded", "\\Answered"]) == "PR"
     assert idx.keywords == []  # no keyword slot used for it
+
+
+def test_snapshot_keys_and_files_are_lazy_and_exact(store):
+    """The snapshot holds keys as one string and only the file names that differ from
+    cur/<key>:2,<flags>; what is built from it on first use equals the live index."""
+    from mailhub.store.index import SNAPSHOT
+    folder = store.folder(ADDR)
+    drop(folder, "1.M1P1Q1.host,S=22")                # new/: an exception
+    drop(folder, "2.M1P1Q2.host,S=22", flags="SF")    # unsorted letters: an exception
+    drop(folder, "3.M1P1Q3.host,S=22", flags="S")
+    drop(folder, "4.M1P1Q4.host,S=22", flags="")
+    idx = FolderIndex(folder.path, fsync=False)
+    idx.sync()
+    idx.save_snapshot()
+    assert (folder.path / SNAPSHOT).exists()
+    cold = FolderIndex(folder.path, fsync=False)
+    assert cold._snap_stamp is not None and cold._keys is None and cold._files is None
+    cold.sync()
+    assert cold._keys is None  # nothing moved: a SELECT needs no per-message strings
+    with cold.open(1) as f:  # a file path without building the lists
+        assert f.read().startswith(b"Subject")
+    assert cold._files is None
+    assert cold.keys == idx.keys and cold.files == idx.files
+    assert cold.key_uid == idx.key_uid
+    # changes after a lazy load work on the built lists
+    assert cold.set_flags([(0, "S")]) == [0]
+    assert (folder.path / "cur" / "1.M1P1Q1.host,S=22:2,S").exists()
+    removed = cold.expunge([3])
+    assert removed == [4] and not (folder.path / "cur" / "4.M1P1Q4.host,S=22:2,").exists()
+    fresh = FolderIndex(folder.path, fsync=False)
+    fresh.sync()
+    assert list(fresh.uids) == [1, 2, 3] and fresh.flags == ["S", "FS", "S"]
+
+
+def test_own_append_needs_no_relisting(store, monkeypatch):
+    """Files registered by add_file within own_change_begin/end need no directory listing at
+    the next sync; a change by someone else in the window still triggers one."""
+    folder = store.folder(ADDR)
+    drop(folder, "1.M1P1Q1.host,S=22")
+    idx = FolderIndex(folder.path, fsync=False)
+    idx.sync()
+    listings = []
+    real = idx._listdir
+    monkeypatch.setattr(idx, "_listdir", lambda sub: listings.append(sub) or real(sub))
+    token = idx.own_change_begin()
+    drop(folder, "2.M1P1Q2.host,S=22", flags="S")  # what the group commit does for APPEND
+    idx.announced("exists")                         # the commit's own notice
+    uid = idx.add_file("2.M1P1Q2.host,S=22", "cur", "2.M1P1Q2.host,S=22:2,S")
+    idx.own_change_end(token)
+    idx.sync()
+    assert uid == 2 and listings == [] and list(idx.uids) == [1, 2]
+    # another delivery announced in the window: the index re-lists and finds it
+    token = idx.own_change_begin()
+    drop(folder, "3.M1P1Q3.host,S=22", flags="S")
+    drop(folder, "4.M1P1Q4.host,S=22")
+    idx.announced("exists")
+    idx.announced("exists")
+    idx.add_file("3.M1P1Q3.host,S=22", "cur", "3.M1P1Q3.host,S=22:2,S")
+    idx.own_change_end(token)
+    idx.sync()
+    assert listings and list(idx.uids) == [1, 2, 3, 4]
+
+
+def test_envelopes_persist_for_the_newest_messages(store):
+    from mailhub.store.index import ENVELOPES
+    folder = store.folder(ADDR)
+    for i in range(3):
+        drop(folder, f"{i}.M1P1Q{i}.host,S=22")
+    idx = FolderIndex(folder.path, fsync=False)
+    idx.sync()
+    idx.envelope_cache[idx.keys[2]] = b'(NIL "two" NIL NIL NIL NIL NIL NIL NIL NIL)'
+    idx.envelope_cache["gone.key"] = b"(x)"  # not in the folder: not kept
+    idx.save_snapshot()
+    assert (folder.path / ENVELOPES).exists()
+    cold = FolderIndex(folder.path, fsync=False)
+    assert cold.envelope_cache == {}
+    assert cold.load_envelopes() and not cold.load_envelopes()  # once
+    assert cold.envelope_cache == {idx.keys[2]: b'(NIL "two" NIL NIL NIL NIL NIL NIL NIL NIL)'}
+    (folder.path / ENVELOPES).write_bytes(b"garbage")
+    again = FolderIndex(folder.path, fsync=False)
+    assert not again.load_envelopes() and again.envelope_cache == {}
