@@ -59,7 +59,7 @@ def read_header(index, pos: int) -> bytes | None:
 
 def envelope_fields(index, pos: int) -> bytes | None:
     """The cached ENVELOPE/SEARCH header fields of a message (read and cached on a miss)."""
-    key = index.keys[pos]
+    key = index.key(pos)
     blob = index.cache.get(key)
     if blob is None:
         header = read_header(index, pos)

@@ -1308,10 +1308,11 @@ class IMAPServerProtocol(Protocol):
                     items.append(b"INTERNALDATE " + internaldate_text(idx.internaldate(p)))
                 elif n == "ENVELOPE":
                     env_cache = idx.envelope_cache
-                    env = env_cache.get(idx.keys[p])
+                    key = idx.key(p)
+                    env = env_cache.get(key)
                     if env is None and idx.load_envelopes():
                         env_cache = idx.envelope_cache
-                        env = env_cache.get(idx.keys[p])
+                        env = env_cache.get(key)
                     if env is not None:
                         items.append(b"ENVELOPE " + env)
                         continue
@@ -1327,7 +1328,7 @@ class IMAPServerProtocol(Protocol):
                     env = M.envelope(hdrs)
                     if len(env_cache) >= 50000:
                         env_cache.clear()
-                    env_cache[idx.keys[p]] = env  # a message never changes: nor does this
+                    env_cache[key] = env  # a message never changes: nor does this
                     items.append(b"ENVELOPE " + env)
                 elif n in ("BODYSTRUCTURE", "BODY") and a.section is None:
                     if msg is None:
@@ -1368,7 +1369,8 @@ class IMAPServerProtocol(Protocol):
                 yield b"".join(buf)
                 buf = []
                 size = 0
-        idx.cache.flush(idx.keys)
+        if idx.cache.loaded:
+            idx.cache.flush(idx.keys)
         if buf:
             yield b"".join(buf)
 

@@ -142,11 +142,20 @@ class FolderIndex:
         self._files = value
         self._lazy = None
 
+    def key(self, i: int) -> str:
+        """The key at position i, without building the key list after a snapshot load."""
+        if self._keys is not None:
+            return self._keys[i]
+        joined, _exc, starts = self._lazy
+        a = starts[i]
+        b = starts[i + 1] - 1 if i + 1 < len(starts) else len(joined)
+        return joined[a:b]
+
     def _file(self, i: int) -> str:
         if self._files is not None:
             return self._files[i]
         f = self._lazy[1].get(i)
-        return f if f is not None else f"cur/{self.keys[i]}:2,{self.flags[i]}"
+        return f if f is not None else f"cur/{self.key(i)}:2,{self.flags[i]}"
 
     @property
     def key_uid(self) -> dict[str, int]:
@@ -179,8 +188,8 @@ class FolderIndex:
             return False
         try:
             (version, size, mtime, mt_new, mt_cur, self_validity, uidnext, hms, uids, modseqs,
-             keys, exc, flags) = snap
-            if version != 2 or (size, mtime) != stamp:
+             keys, offsets, exc, flags) = snap
+            if version != 3 or (size, mtime) != stamp:
                 return False
             u = array("I")
             u.frombytes(uids)
@@ -190,12 +199,16 @@ class FolderIndex:
                 return False
             if not isinstance(exc, dict) or any(not 0 <= i < len(u) for i in exc):
                 return False
+            starts = array("I")
+            starts.frombytes(offsets)
+            if len(starts) != len(u) or (starts and (starts[0] != 0 or starts[-1] > len(keys))):
+                return False
         except (ValueError, TypeError, AttributeError):
             return False
         self.uidvalidity, self.uidnext, self.highestmodseq = self_validity, uidnext, hms
         self.uids, self.modseqs, self.flags = u, m, flags
         self._keys = self._files = None
-        self._lazy = (keys, exc)
+        self._lazy = (keys, exc, starts)
         self._key_uid = None  # built on first use: a plain SELECT + FETCH never needs it
         self._names_new = self._names_cur = None  # built from files when first needed
         self._mtimes = (mt_new, mt_cur)
@@ -224,10 +237,18 @@ class FolderIndex:
                    if f != f"cur/{k}:2,{fl}"}
         # keys as one string (split when first used); files only where they differ from
         # "cur/<key>:2,<flags>"
-        data = marshal.dumps((2, stamp[0], stamp[1], self._mtimes[0], self._mtimes[1],
+        keys = self.keys
+        starts = array("I", [0])
+        pos = 0
+        for k in keys[:-1]:
+            pos += len(k) + 1
+            starts.append(pos)
+        if not keys:
+            starts = array("I")
+        data = marshal.dumps((3, stamp[0], stamp[1], self._mtimes[0], self._mtimes[1],
                               self.uidvalidity, self.uidnext, self.highestmodseq,
-                              self.uids.tobytes(), self.modseqs.tobytes(), "\n".join(self.keys),
-                              exc, self.flags))
+                              self.uids.tobytes(), self.modseqs.tobytes(), "\n".join(keys),
+                              starts.tobytes(), exc, self.flags))
         tmp = self.path / (SNAPSHOT + ".tmp")
         try:
             with open(tmp, "wb") as f:

@@ -303,6 +303,7 @@ def test_snapshot_keys_and_files_are_lazy_and_exact(store):
     assert cold._snap_stamp is not None and cold._keys is None and cold._files is None
     cold.sync()
     assert cold._keys is None  # nothing moved: a SELECT needs no per-message strings
+    assert [cold.key(i) for i in range(4)] == idx.keys and cold._keys is None
     with cold.open(1) as f:  # a file path without building the lists
         assert f.read().startswith(b"Subject")
     assert cold._files is None
