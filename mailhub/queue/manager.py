@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from mailhub.config import parse_duration
 from mailhub.dns import DNSPermanentError, NullMX
+from mailhub.fsutil import fsync_dir
 from mailhub.queue.bounce import build_dsn
 from mailhub.queue.envelope import (
     FAILED, PENDING, SENT, Envelope, Recipient, header_section, needs_smtputf8, new_queue_id,
@@ -38,7 +39,7 @@ from mailhub.queue.envelope import (
 from mailhub.queue.interfaces import IOutboundQueue
 from mailhub.queue.smtpclient import ClientSession, SessionError
 from mailhub.queue.smtpwire import MessageFile, Reply, is_8bit
-from mailhub.queue.spool import Spool, fsync_dir
+from mailhub.queue.spool import Spool
 
 log = Logger(namespace="mailhub.queue")
 

@@ -16,23 +16,10 @@ import os
 import shutil
 from pathlib import Path
 
+from mailhub.fsutil import fsync_dir, fsync_file
 from mailhub.queue.envelope import Envelope
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:

@@ -13,6 +13,7 @@ import threading
 from collections import deque
 from twisted.internet import defer, reactor as _reactor
 
+from mailhub.fsutil import fsync_dir
 from mailhub.store.interfaces import StoreError
 
 
@@ -24,14 +25,6 @@ class _Request:
         self.deferred = deferred
         self.result = None
         self.error = None
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class GroupCommitter:
