@@ -152,7 +152,18 @@ class Postfix:
         return pid if procs.alive(pid) else None
 
     def start(self, timeout: float = 30) -> None:
-        self.cmd(["postfix", "-c", str(self.conf), "start"], timeout=timeout)
+        for attempt in range(3):
+            p = self.cmd(["postfix", "-c", str(self.conf), "start"], check=False, timeout=timeout)
+            if p.returncode == 0:
+                break
+            if attempt < 2 and "Address already in use" in self.log():
+                # the free port was taken between free_port() and master's bind: take another
+                self.port = procs.free_port()
+                (self.conf / "master.cf").write_text(
+                    MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
+                continue
+            raise RuntimeError(f"postfix start failed ({p.returncode}):\n{p.stdout}{p.stderr}"
+                               f"{self.log()[-1500:]}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pid = self.master_pid()
