@@ -25,6 +25,7 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from mailhub.auth import IMailUser
+from mailhub.netio import write_now
 from mailhub.pop3server.maildrop import Maildrop
 from mailhub.pop3server.sender import MessageSender
 from mailhub.pop3server.wire import (
@@ -114,7 +115,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self.setTimeout(self.factory.idle_timeout or None)
         log.info("pop3 connect from {peer} on {listener}", peer=self.peer,
                  listener=self.factory.listener)
-        self.transport.write(b"+OK %s POP3 server ready\r\n" % self.factory.hostname.encode())
+        self._write(b"+OK %s POP3 server ready\r\n" % self.factory.hostname.encode())
 
     def connectionLost(self, reason=None):
         self.closing = True
@@ -151,7 +152,7 @@ class POP3Server(Protocol, TimeoutMixin):
             # for it forever
             self.transport.abortConnection()
             return
-        self.transport.write(b"-ERR Disconnected for inactivity\r\n")
+        self._write(b"-ERR Disconnected for inactivity\r\n")
         self._close()
 
     def _close(self) -> None:
@@ -220,7 +221,7 @@ class POP3Server(Protocol, TimeoutMixin):
             if line is None:
                 break
             if line is TOO_LONG:
-                self.transport.write(b"-ERR Line too long (the limit is 255 octets)\r\n")
+                self._write(b"-ERR Line too long (the limit is 255 octets)\r\n")
                 self.sasl_pending = False
                 lines.limit = MAX_LINE
                 continue
@@ -232,17 +233,25 @@ class POP3Server(Protocol, TimeoutMixin):
             verb, args = parse_command(line)
             handler = _COMMANDS.get(verb)
             if handler is None:
-                self.transport.write(b"-ERR Unknown command\r\n" if verb else
+                self._write(b"-ERR Unknown command\r\n" if verb else
                                      b"-ERR Empty command\r\n")
                 continue
             states, method = handler
             if self.state not in states:
-                self.transport.write(b"-ERR Command not valid in this state\r\n")
+                self._write(b"-ERR Command not valid in this state\r\n")
                 continue
             method(self, args, line)
         if self._direct:
             self._flush()
         self._update_reading()
+
+    def _write(self, data: bytes) -> None:
+        """A reply: on plain TCP sent at once when nothing is queued (``write_now``: no
+        epoll_ctl pair and no reactor turn per reply), else buffered by the transport."""
+        if self._direct:
+            write_now(self.transport, data)
+        else:
+            self.transport.write(data)
 
     def _flush(self) -> None:
         """Send what the replies just wrote now, from this reactor callback, rather than
@@ -263,7 +272,7 @@ class POP3Server(Protocol, TimeoutMixin):
         def fire():
             self._delayed = None
             if not self.closing:
-                self.transport.write(data)
+                self._write(data)
                 self._resume()
         if delay <= 0:
             fire()
@@ -285,17 +294,17 @@ class POP3Server(Protocol, TimeoutMixin):
         return caps
 
     def do_CAPA(self, args, line):
-        self.transport.write(b"+OK Capability list follows\r\n" +
+        self._write(b"+OK Capability list follows\r\n" +
                              b"".join(c + b"\r\n" for c in self.capabilities()) + b".\r\n")
 
     def do_STLS(self, args, line):
         if self.secure:
-            self.transport.write(b"-ERR Command not permitted when TLS active\r\n")
+            self._write(b"-ERR Command not permitted when TLS active\r\n")
             return
         if self.factory.tls_options is None:
-            self.transport.write(b"-ERR TLS not available\r\n")
+            self._write(b"-ERR TLS not available\r\n")
             return
-        self.transport.write(b"+OK Begin TLS negotiation now\r\n")
+        self._write(b"+OK Begin TLS negotiation now\r\n")
         # anything the client pipelined after STLS arrived in plaintext: never act on it
         self.lines.clear()
         self.user = None
@@ -306,21 +315,21 @@ class POP3Server(Protocol, TimeoutMixin):
 
     def do_USER(self, args, line):
         if not self.plaintext_ok():
-            self.transport.write(ERR_PLAINTEXT)
+            self._write(ERR_PLAINTEXT)
             return
         name = rest_after_verb(line).strip()
         if not name:
-            self.transport.write(b"-ERR USER needs a name\r\n")
+            self._write(b"-ERR USER needs a name\r\n")
             return
         self.user = name
-        self.transport.write(b"+OK\r\n")
+        self._write(b"+OK\r\n")
 
     def do_PASS(self, args, line):
         if not self.plaintext_ok():
-            self.transport.write(ERR_PLAINTEXT)
+            self._write(ERR_PLAINTEXT)
             return
         if self.user is None:
-            self.transport.write(b"-ERR USER first\r\n")
+            self._write(b"-ERR USER first\r\n")
             return
         user, self.user = self.user, None
         password = rest_after_verb(line)
@@ -328,16 +337,16 @@ class POP3Server(Protocol, TimeoutMixin):
 
     def do_AUTH(self, args, line):
         if not args:
-            self.transport.write(b"+OK Supported mechanisms follow\r\nPLAIN\r\n.\r\n")
+            self._write(b"+OK Supported mechanisms follow\r\nPLAIN\r\n.\r\n")
             return
         if args[0].upper() != b"PLAIN":
-            self.transport.write(b"-ERR Unsupported authentication mechanism\r\n")
+            self._write(b"-ERR Unsupported authentication mechanism\r\n")
             return
         if not self.plaintext_ok():
-            self.transport.write(ERR_PLAINTEXT)
+            self._write(ERR_PLAINTEXT)
             return
         if len(args) > 2:
-            self.transport.write(b"-ERR Syntax error\r\n")
+            self._write(b"-ERR Syntax error\r\n")
             return
         if len(args) == 2:
             self._sasl_response(b"" if args[1] == b"=" else args[1])
@@ -345,15 +354,15 @@ class POP3Server(Protocol, TimeoutMixin):
             self.sasl_pending = True
             # RFC 5034: the 255-octet command limit does not bind SASL responses
             self.lines.limit = MAX_SASL_LINE
-            self.transport.write(b"+ \r\n")
+            self._write(b"+ \r\n")
 
     def _sasl_response(self, line: bytes) -> None:
         if line.strip() == b"*":
-            self.transport.write(b"-ERR Authentication cancelled\r\n")
+            self._write(b"-ERR Authentication cancelled\r\n")
             return
         plain = decode_sasl_plain(line)
         if plain is None:
-            self.transport.write(b"-ERR [AUTH] Malformed AUTH PLAIN response\r\n")
+            self._write(b"-ERR [AUTH] Malformed AUTH PLAIN response\r\n")
             return
         authz, authc, password = plain
         self._login(authc, password.encode("utf-8"), authz or None)
@@ -388,7 +397,7 @@ class POP3Server(Protocol, TimeoutMixin):
             logout()
             log.info("pop3 login {address} from {peer} refused: mailbox in use",
                      address=address, peer=self.peer)
-            self.transport.write(b"-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n")
+            self._write(b"-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n")
             self._resume()
             return
         self.address = address
@@ -400,14 +409,14 @@ class POP3Server(Protocol, TimeoutMixin):
                       err=str(e))
             self._release()
             self.address = None
-            self.transport.write(b"-ERR [SYS/TEMP] Cannot open the mailbox\r\n")
+            self._write(b"-ERR [SYS/TEMP] Cannot open the mailbox\r\n")
             self._resume()
             return
         self.state = TRANSACTION
         n, octets = self.drop.stat()
         log.info("pop3 login {address} from {peer}: {n} messages, {octets} octets",
                  address=address, peer=self.peer, n=n, octets=octets)
-        self.transport.write(b"+OK Logged in, %d messages (%d octets)\r\n" % (n, octets))
+        self._write(b"+OK Logged in, %d messages (%d octets)\r\n" % (n, octets))
         self._resume()
 
     def _login_failed(self, failure, login: str) -> None:
@@ -417,7 +426,7 @@ class POP3Server(Protocol, TimeoutMixin):
             self._failed(login, "invalid credentials")
             return
         log.failure("pop3 authentication error for {login}", failure, login=login)
-        self.transport.write(b"-ERR [SYS/TEMP] Temporary authentication failure\r\n")
+        self._write(b"-ERR [SYS/TEMP] Temporary authentication failure\r\n")
         self._resume()
 
     def _failed(self, login: str, why: str) -> None:
@@ -432,7 +441,7 @@ class POP3Server(Protocol, TimeoutMixin):
     def _unexpected(self, failure) -> None:
         log.failure("pop3 unexpected error", failure)
         if not self.closing:
-            self.transport.write(b"-ERR [SYS/TEMP] Internal error\r\n")
+            self._write(b"-ERR [SYS/TEMP] Internal error\r\n")
             self._resume()
 
     def do_QUIT(self, args, line):
@@ -446,37 +455,37 @@ class POP3Server(Protocol, TimeoutMixin):
             if errors:
                 log.error("pop3 could not remove messages of {address}: {errors}",
                           address=self.address, errors="; ".join(errors))
-                self.transport.write(b"-ERR [SYS/TEMP] Some deleted messages were not removed\r\n")
+                self._write(b"-ERR [SYS/TEMP] Some deleted messages were not removed\r\n")
             else:
-                self.transport.write(b"+OK Logging out, %d messages deleted\r\n" % (removed + gone))
+                self._write(b"+OK Logging out, %d messages deleted\r\n" % (removed + gone))
         else:
-            self.transport.write(b"+OK Logging out\r\n")
+            self._write(b"+OK Logging out\r\n")
         self._close()
 
     # -- TRANSACTION -------------------------------------------------------------------------
     def _msg(self, arg: bytes) -> int | None:
         """0-based index of a message-number argument, or None after answering -ERR."""
         if not arg.isdigit() or len(arg) > 9:
-            self.transport.write(b"-ERR Invalid message number\r\n")
+            self._write(b"-ERR Invalid message number\r\n")
             return None
         n = int(arg)
         if n < 1 or n > len(self.drop):
-            self.transport.write(b"-ERR No such message\r\n")
+            self._write(b"-ERR No such message\r\n")
             return None
         if self.drop.deleted[n - 1]:
-            self.transport.write(b"-ERR Message %d already deleted\r\n" % n)
+            self._write(b"-ERR Message %d already deleted\r\n" % n)
             return None
         return n - 1
 
     def _argc(self, args, low: int, high: int) -> bool:
         if low <= len(args) <= high:
             return True
-        self.transport.write(b"-ERR Wrong number of arguments\r\n")
+        self._write(b"-ERR Wrong number of arguments\r\n")
         return False
 
     def do_STAT(self, args, line):
         n, octets = self.drop.stat()
-        self.transport.write(b"+OK %d %d\r\n" % (n, octets))
+        self._write(b"+OK %d %d\r\n" % (n, octets))
 
     def do_LIST(self, args, line):
         if not self._argc(args, 0, 1):
@@ -485,13 +494,13 @@ class POP3Server(Protocol, TimeoutMixin):
         if args:
             i = self._msg(args[0])
             if i is not None:
-                self.transport.write(b"+OK %d %d\r\n" % (i + 1, drop.sizes[i]))
+                self._write(b"+OK %d %d\r\n" % (i + 1, drop.sizes[i]))
             return
         n, octets = drop.stat()
         deleted = drop.deleted
         body = b"".join([b"%d %d\r\n" % (i + 1, size) for i, size in enumerate(drop.sizes)
                          if not deleted[i]])
-        self.transport.write(b"+OK %d messages (%d octets)\r\n%s.\r\n" % (n, octets, body))
+        self._write(b"+OK %d messages (%d octets)\r\n%s.\r\n" % (n, octets, body))
 
     def do_UIDL(self, args, line):
         if not self._argc(args, 0, 1):
@@ -501,11 +510,11 @@ class POP3Server(Protocol, TimeoutMixin):
         if args:
             i = self._msg(args[0])
             if i is not None:
-                self.transport.write(b"+OK %d %s\r\n" % (i + 1, uidls[i].encode()))
+                self._write(b"+OK %d %s\r\n" % (i + 1, uidls[i].encode()))
             return
         deleted = drop.deleted
         body = "".join([f"{i + 1} {u}\r\n" for i, u in enumerate(uidls) if not deleted[i]])
-        self.transport.write(b"+OK\r\n" + body.encode() + b".\r\n")
+        self._write(b"+OK\r\n" + body.encode() + b".\r\n")
 
     def do_RETR(self, args, line):
         if not self._argc(args, 1, 1):
@@ -521,7 +530,7 @@ class POP3Server(Protocol, TimeoutMixin):
         if i is None:
             return
         if not args[1].isdigit() or len(args[1]) > 20:
-            self.transport.write(b"-ERR Invalid line count\r\n")
+            self._write(b"-ERR Invalid line count\r\n")
             return
         self._send_message(i, int(args[1]))
 
@@ -530,7 +539,7 @@ class POP3Server(Protocol, TimeoutMixin):
         try:
             fd = drop.open_fd(i)
             if fd is None:
-                self.transport.write(b"-ERR Message %d no longer exists (removed by another "
+                self._write(b"-ERR Message %d no longer exists (removed by another "
                                      b"session)\r\n" % (i + 1))
                 return
             try:
@@ -538,11 +547,11 @@ class POP3Server(Protocol, TimeoutMixin):
                 if len(data) <= SMALL_MESSAGE:  # the whole file: send it in one write
                     if top is None:
                         drop.retrieved[i] = 1
-                        self.transport.write(b"+OK %d octets\r\n" % len(data) +
+                        self._write(b"+OK %d octets\r\n" % len(data) +
                                              stuff_message(data))
                     else:
                         data = b"".join(top_chunks(io.BytesIO(data), top))
-                        self.transport.write(b"+OK Top of message follows\r\n" +
+                        self._write(b"+OK Top of message follows\r\n" +
                                              stuff_message(data))
                     return
                 size = os.fstat(fd).st_size
@@ -555,13 +564,13 @@ class POP3Server(Protocol, TimeoutMixin):
         except OSError as e:
             log.error("pop3 cannot read message {key} of {address}: {err}",
                       key=drop.infos[i].key, address=self.address, err=str(e))
-            self.transport.write(b"-ERR [SYS/TEMP] Cannot read message %d\r\n" % (i + 1))
+            self._write(b"-ERR [SYS/TEMP] Cannot read message %d\r\n" % (i + 1))
             return
         if top is None:
-            self.transport.write(b"+OK %d octets\r\n" % size)
+            self._write(b"+OK %d octets\r\n" % size)
             chunks = iter(partial(f.read, CHUNK), b"")
         else:
-            self.transport.write(b"+OK Top of message follows\r\n")
+            self._write(b"+OK Top of message follows\r\n")
             chunks = top_chunks(f, top, CHUNK)
         self.busy = True
 
@@ -586,16 +595,16 @@ class POP3Server(Protocol, TimeoutMixin):
         i = self._msg(args[0])
         if i is not None:
             self.drop.deleted[i] = 1
-            self.transport.write(b"+OK Message %d deleted\r\n" % (i + 1))
+            self._write(b"+OK Message %d deleted\r\n" % (i + 1))
 
     def do_RSET(self, args, line):
         drop = self.drop
         drop.deleted[:] = bytes(len(drop))
         n, octets = drop.stat()
-        self.transport.write(b"+OK %d messages (%d octets)\r\n" % (n, octets))
+        self._write(b"+OK %d messages (%d octets)\r\n" % (n, octets))
 
     def do_NOOP(self, args, line):
-        self.transport.write(b"+OK\r\n")
+        self._write(b"+OK\r\n")
 
 
 _BOTH = (AUTHORIZATION, TRANSACTION)

@@ -21,12 +21,12 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
-from twisted.internet.tcp import Server as _TCPServer
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
 from mailhub.auth import IMailUser
 from mailhub.directory.addresses import lookup_key
+from mailhub.netio import write_now
 from mailhub.smtpserver import policy
 from mailhub.smtpserver.datastream import CRLFNormalizer, DotDecoder, HeaderFixer
 from mailhub.smtpserver.parser import (
@@ -172,7 +172,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
     def _send(self, code: int, enhanced: str | None, text) -> None:
         if self._closing:
             return
-        _write_now(self.transport, reply(code, enhanced, text))
+        write_now(self.transport, reply(code, enhanced, text))
 
     def _error(self, code: int, enhanced: str, text: str, count: bool = True) -> None:
         self._send(code, enhanced, text)
@@ -838,30 +838,6 @@ class ESMTPServer(Protocol, TimeoutMixin):
                 log.error("{listener}: {qid} not accepted: {error!r}", listener=f.listener,
                           qid=qid, error=error)
             self._send(451, "4.3.0", "Error: local processing error, try again later")
-
-
-def _write_now(transport, data: bytes) -> None:
-    """Write a reply, sending it at once when a plain TCP transport has nothing queued.
-
-    Twisted's write() always buffers and waits for the next reactor turn, which costs two
-    epoll_ctl calls and a loop iteration per reply; an SMTP server sends several small
-    replies per message, each the last thing before waiting for the client. Sending
-    directly when the buffer is empty (and falling back to write() for whatever the socket
-    did not take) keeps the byte order and saves that. TLS transports use write().
-    """
-    if type(transport) is _TCPServer and not transport.TLS and transport.connected \
-            and not transport.disconnecting and not transport._tempDataBuffer \
-            and transport.offset == len(transport.dataBuffer):
-        try:
-            n = transport.socket.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError:
-            n = 0  # write() below; the reactor reports the error on its next attempt
-        if n < len(data):
-            transport.write(data[n:])
-        return
-    transport.write(data)
 
 
 class _NoQueue(Exception):
