@@ -981,7 +981,8 @@ class IMAPServerProtocol(Protocol):
                 yield
 
         def finish():
-            idx.cache.flush(idx.keys)
+            if idx.cache.loaded:  # (idx.keys would build the key list after a restart)
+                idx.cache.flush(idx.keys)
             line = b"* SEARCH" + b"".join(b" %d" % h for h in hits)
             if uses_modseq and hits:
                 line += b" (MODSEQ %d)" % state["maxmod"]

@@ -1,8 +1,10 @@
 """SEARCH evaluation over a folder index: flags, UIDs, sizes and dates from memory; headers and
-bodies read from the message file only when the program needs them (and only once)."""
+bodies read from the message file only when the program needs them (and only once).
+
+FROM/TO/CC/BCC/SUBJECT and HEADER on a cached field are first evaluated for the whole folder
+(``precompute``) on the persisted columns of decoded values (store.cache.SearchColumns)."""
 from __future__ import annotations
 
-import bisect
 import datetime as _dt
 import re
 
@@ -173,93 +175,68 @@ M_FLAG = {"\\seen": "S", "\\answered": "R", "\\flagged": "F", "\\deleted": "T", 
 
 # -- whole-folder evaluation of header keys ----------------------------------------------------
 
-def field_values(index, pos: int, name: bytes, read_env) -> str:
-    """Decoded, case-folded values of one cached field of one message, joined by newlines."""
-    raw = read_env(pos) or b""
+def _field_rx(name: bytes):
     rx = _FIELD_RX.get(name)
     if rx is None:
         rx = _FIELD_RX[name] = re.compile(
             rb"^" + re.escape(name) + rb"[ \t]*:([^\n]*\n(?:[ \t][^\n]*\n)*)", re.I | re.M)
+    return rx
+
+
+def field_values(index, pos: int, name: bytes, read_env) -> str:
+    """Decoded, case-folded values of one cached field of one message, joined by newlines."""
+    raw = read_env(pos) or b""
     return "\n".join(M.decoded_header(_UNFOLD.sub(b"", m.group(1)).strip())
-                     for m in rx.finditer(raw))
+                      for m in _field_rx(name).finditer(raw))
 
 
-def column(index, name: bytes, read_env) -> list[str]:
-    """The field's text for every position, kept per index (message files never change, so
-    an entry is valid as long as its key exists)."""
-    cols = index.__dict__.setdefault("search_columns", {})
-    col = cols.setdefault(name, {})
-    out = []
+def column_values(index, name: bytes, positions, read_env) -> list[str]:
+    """``field_values`` of many messages, NULs made newlines (NUL separates the column's
+    rows). In bulk: one regex scan over all the (newline-terminated) blocks joined, one
+    decode and one casefold; blocks with an encoded word or a NUL go through field_values."""
+    positions = list(positions)
+    if not positions:
+        return []
     keys = index.keys
-    for p in range(len(keys)):
-        v = col.get(keys[p])
-        if v is None:
-            v = col[keys[p]] = field_values(index, p, name, read_env)
-        out.append(v)
-    if len(col) > 2 * len(keys) + 100:
-        live = set(keys)
-        for k in [k for k in col if k not in live]:
-            del col[k]
-    return out
+    get = index.cache.get  # read_env per message costs more than the lookup itself
+    blobs = [get(keys[p]) or read_env(p) or b"" for p in positions]
+    joined = b"\n\x00\n".join(blobs)
+    odd = set()
+    if joined.count(b"\x00") != len(blobs) - 1:
+        odd = {i for i, b in enumerate(blobs) if b"\x00" in b}
+        joined = b"\n\x00\n".join(b"" if i in odd else b for i, b in enumerate(blobs))
+    del blobs
+    rows: list = [b""] * len(positions)
+    seen = bytearray(len(positions))
+    row = last = 0
+    count = joined.count
+    unfold = _UNFOLD.sub
+    for m in _field_rx(name).finditer(joined):
+        start = m.start()
+        row += count(b"\x00", last, start)
+        last = start
+        v = m.group(1)
+        v = (v[:-2] if v.endswith(b"\r\n") and v.count(b"\n") == 1 else unfold(b"", v)).strip()
+        if seen[row]:
+            rows[row] += b"\n" + v
+        else:
+            seen[row] = 1
+            rows[row] = v
+    joined = b"\x00".join(rows)
+    vals = joined.decode("utf-8", "replace").casefold().split("\x00")
+    if b"=?" in joined:
+        odd.update(i for i, r in enumerate(rows) if b"=?" in r)
+    for i in odd:
+        vals[i] = field_values(index, positions[i], name, read_env).replace("\x00", "\n")
+    return vals
 
 
-def _raw_candidates(index, needle: bytes, read_env) -> set[int]:
-    """Positions whose cached header block contains needle (case-insensitive) or an encoded
-    word: one scan over all the blocks joined, in C."""
-    cached = getattr(index, "search_joined", None)
-    if cached is not None and cached[0] is index.uids:
-        joined, starts = cached[1], cached[2]  # nothing came or went since: reuse
-    else:
-        keys = index.keys
-        get = index.cache.get
-        blobs = []
-        for p in range(len(keys)):
-            b = get(keys[p])
-            if b is None:
-                b = read_env(p) or b""
-            blobs.append(b)
-        joined = b"\x00".join(blobs).lower()
-        starts = []
-        acc = 0
-        for b in blobs:
-            starts.append(acc)
-            acc += len(b) + 1
-        index.search_joined = (index.uids, joined, starts)
-    out = set()
-    for pat in (needle, b"=?"):
-        i = joined.find(pat)
-        while i >= 0:
-            p = bisect.bisect_right(starts, i) - 1
-            out.add(p)
-            nxt = starts[p + 1] if p + 1 < len(starts) else len(joined)
-            i = joined.find(pat, nxt)
-    return out
-
-
-def column_hits(index, name: bytes, needle: str, read_env) -> set[int]:
-    """Positions whose field contains needle. ASCII needles: candidates from one raw scan,
-    each confirmed on the decoded field; others: one scan over the decoded column."""
-    if needle and needle.isascii():
-        cands = _raw_candidates(index, needle.encode("ascii"), read_env)
-        return {p for p in cands if needle in field_values(index, p, name, read_env)}
-    col = column(index, name, read_env)
-    if not needle:
-        return {p for p, v in enumerate(col) if v}
-    sep = "\x00"
-    joined = sep.join(col)
-    hits = set()
-    starts = None
-    i = joined.find(needle)
-    while i >= 0:
-        if starts is None:
-            starts = []
-            acc = 0
-            for v in col:
-                starts.append(acc)
-                acc += len(v) + 1
-        hits.add(bisect.bisect_right(starts, i) - 1)
-        i = joined.find(needle, i + 1)
-    return hits
+def column_hits(index, name: bytes, needle: str, read_env) -> list[int]:
+    """Positions whose field contains needle (case-folded, without NUL or newline): one
+    ``str.find`` loop over the folder's column of decoded values (store.cache.SearchColumns,
+    persisted, so this is also the cost of the first SEARCH after a restart)."""
+    return index.search.hits(
+        index, name, needle, lambda field, positions: column_values(index, field, positions, read_env))
 
 
 def precompute(program, index, read_env):
@@ -273,11 +250,15 @@ def precompute(program, index, read_env):
     if op == "NOT":
         return ("NOT", precompute(program[1], index, read_env))
     if op in HEADER_KEYS:
-        needle = program[1].decode("utf-8", "replace").casefold()
-        hits = column_hits(index, HEADER_KEYS[op], needle, read_env)
-        return ("UIDS", frozenset(index.uids[p] for p in hits))
-    if op == "HEADER" and program[1].lower() in CACHED_FIELDS:
-        needle = program[2].decode("utf-8", "replace").casefold()
-        hits = column_hits(index, program[1].lower(), needle, read_env)
-        return ("UIDS", frozenset(index.uids[p] for p in hits))
-    return program
+        name, needle = HEADER_KEYS[op], program[1]
+    elif op == "HEADER" and program[1].lower() in CACHED_FIELDS:
+        name, needle = program[1].lower(), program[2]
+    else:
+        return program
+    needle = needle.decode("utf-8", "replace").casefold()
+    if not needle or "\x00" in needle or "\n" in needle:
+        # per message: "" matches the messages that have the field (even empty), which a
+        # column cannot tell from a missing one; NUL and newline separate the column's values
+        return program
+    uids = index.uids
+    return ("UIDS", frozenset([uids[p] for p in column_hits(index, name, needle, read_env)]))

@@ -11,11 +11,14 @@ files never change content in Maildir (only names), so an entry never goes stale
 """
 from __future__ import annotations
 
+import marshal
 import os
 import re
 from pathlib import Path
 
 CACHE_FILE = "mailhub-cache"
+SEARCH_FILE = "mailhub-search"
+SEARCH_VERSION = 1
 MAGIC = b"mailhub-cache 2\x00"
 FIELDS = (b"date", b"subject", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc",
           b"in-reply-to", b"message-id")
@@ -109,4 +112,116 @@ class HeaderCache:
             os.rename(tmp, self.path)
             self._file_bytes = len(blob)
         except OSError:
+            pass
+
+
+class SearchColumns:
+    """Per-field columns of decoded search text, aligned with a FolderIndex (see the module
+    docstring). The store does not decode headers: callers pass
+    ``values(field, positions) -> [str]``
+    for the rows it has to compute (no NUL in the values)."""
+
+    def __init__(self, folder_path: str | Path):
+        self.path = Path(folder_path) / SEARCH_FILE
+        self.keys_text: str = ""  # the rows' message keys joined by "\n" ("" = no rows)
+        self.rows = 0
+        self.cols: dict[bytes, str] = {}  # field -> the rows' values joined by "\x00"
+        self._loaded = False
+        self._aligned_to = None  # the index.uids array object the rows are known to match
+        self._dirty = False
+
+    def load(self) -> bool:
+        """Read ``mailhub-search`` once; True if it was usable."""
+        if self._loaded:
+            return False
+        self._loaded = True
+        try:
+            with open(self.path, "rb") as f:
+                snap = marshal.loads(f.read())
+            version, keys_text, cols = snap
+            if version != SEARCH_VERSION or not isinstance(keys_text, str) or not isinstance(cols, dict):
+                return False
+            rows = keys_text.count("\n") + 1 if keys_text else 0
+            for name, col in cols.items():
+                if not isinstance(name, bytes) or not isinstance(col, str):
+                    return False
+                if (col.count("\x00") + 1 if rows else (0 if col == "" else -1)) != rows:
+                    return False
+        except (OSError, EOFError, ValueError, TypeError):
+            return False
+        self.keys_text, self.rows, self.cols = keys_text, rows, cols
+        return True
+
+    def align(self, index, values) -> None:
+        """Make the rows the index's messages, in its order: nothing to do when the keys are
+        the same (the usual case after a restart); new messages at the end are appended;
+        anything else (expunges, a rebuilt uidlist) reorders the known rows by key and
+        computes the others."""
+        if self._aligned_to is index.uids:
+            return
+        self.load()
+        cur = index.keys_text()
+        old = self.keys_text
+        if cur == old:
+            self.keys_text = cur  # share the index's string
+        elif not self.cols:
+            self.keys_text, self.rows = cur, len(index.uids)
+        elif old and cur.startswith(old) and cur[len(old)] == "\n":
+            n = len(index.uids)
+            for name in list(self.cols):
+                new = values(name, range(self.rows, n))
+                self.cols[name] = "\x00".join([self.cols[name]] + new)
+            self.keys_text, self.rows, self._dirty = cur, n, True
+        else:
+            old_pos = {k: i for i, k in enumerate(old.split("\n"))} if old else {}
+            where = [old_pos.get(k, -1) for k in index.keys]
+            missing = [p for p, i in enumerate(where) if i < 0]
+            for name in list(self.cols):
+                vals = self.cols[name].split("\x00") if self.rows else []
+                computed = iter(values(name, missing))
+                self.cols[name] = "\x00".join([vals[i] if i >= 0 else next(computed)
+                                                 for i in where])
+            self.keys_text, self.rows, self._dirty = cur, len(where), True
+        self._aligned_to = index.uids
+
+    def column(self, index, name: bytes, values) -> str:
+        """The field's column for the index's current messages (built on first use)."""
+        self.align(index, values)
+        col = self.cols.get(name)
+        if col is None:
+            col = self.cols[name] = "\x00".join(values(name, range(self.rows)))
+            self._dirty = True
+        return col
+
+    def hits(self, index, name: bytes, needle: str, values) -> list[int]:
+        """Positions (ascending) whose value of the field contains needle (no NUL in it)."""
+        col = self.column(index, name, values)
+        if not self.rows:
+            return []
+        out = []
+        row = 0
+        last = 0
+        i = col.find(needle)
+        while i >= 0:
+            row += col.count("\x00", last, i)
+            out.append(row)
+            last = i
+            nxt = col.find("\x00", i)
+            if nxt < 0:
+                break
+            i = col.find(needle, nxt + 1)
+        return out
+
+    def save(self) -> None:
+        """Write the columns if they changed since loaded or saved (tmp + rename, no fsync:
+        a lost or torn file is only a rebuild)."""
+        if not self._dirty or not self.cols:
+            return
+        tmp = self.path.with_name(SEARCH_FILE + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(marshal.dumps((SEARCH_VERSION, self.keys_text, self.cols)))
+            os.rename(tmp, self.path)
+            self._dirty = False
+        except (OSError, ValueError):
             pass

@@ -17,6 +17,8 @@ names (D F P R S T, keywords as letters a-z mapped per folder in ``mailhub-keywo
 
 - ``mailhub-index.snap``: a marshal image of the arrays, valid only for the exact uidlist
   (size, mtime) it was taken with; it makes a cold load one read and no directory listing.
+  ``mailhub-envelopes`` and ``mailhub-search`` (SEARCH's header columns, cache.SearchColumns)
+  are written with it.
 
 ``sync()`` brings the index up to date with the directories: it is cheap when nothing changed
 (two ``stat`` calls), scans only ``new/`` after a delivery notice, and rescans both
@@ -35,7 +37,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from mailhub.store.cache import HeaderCache
+from mailhub.store.cache import HeaderCache, SearchColumns
 from mailhub.store.maildir import MAILDIR_FLAGS, _sort_key, split_filename, unique_name
 
 log = Logger(namespace="mailhub.store.index")
@@ -106,6 +108,7 @@ class FolderIndex:
         self._snap_time = -1e9
         self.users = 0
         self.cache = HeaderCache(self.path)
+        self.search = SearchColumns(self.path)  # SEARCH's decoded header columns
         self.flag_cache: dict = {}  # for protocol code: (letters, recent) -> wire bytes
         self.envelope_cache: dict = {}  # for protocol code: key -> rendered ENVELOPE
         self._env_loaded = False
@@ -141,6 +144,13 @@ class FolderIndex:
             self.keys  # noqa: B018 (materialise before the snapshot's strings are dropped)
         self._files = value
         self._lazy = None
+
+    def keys_text(self) -> str:
+        """The keys joined by newlines (the snapshot's own string while the list was not
+        built)."""
+        if self._keys is None:
+            return self._lazy[0]
+        return "\n".join(self._keys)
 
     def key(self, i: int) -> str:
         """The key at position i, without building the key list after a snapshot load."""
@@ -227,6 +237,7 @@ class FolderIndex:
             return
         self._snap_time = now
         self.save_envelopes()
+        self.search.save()
         stamp = self._uidlist_stamp()
         if stamp is None or stamp == self._snap_stamp:
             return
