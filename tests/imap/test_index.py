@@ -366,3 +366,29 @@ def test_envelopes_persist_for_the_newest_messages(store):
     (folder.path / ENVELOPES).write_bytes(b"garbage")
     again = FolderIndex(folder.path, fsync=False)
     assert not again.load_envelopes() and again.envelope_cache == {}
+
+
+def test_empty_or_torn_snapshot_and_envelope_files_are_ignored(store):
+    """The persisted files are read through mmap: an empty file (which mmap refuses) or a
+    torn one is ignored like any garbage."""
+    from mailhub.store.index import ENVELOPES, SNAPSHOT
+    folder = store.folder(ADDR)
+    for i in range(3):
+        drop(folder, f"{i}.M1P1Q{i}.host,S=22")
+    idx = FolderIndex(folder.path, fsync=False)
+    idx.sync()
+    idx.envelope_cache[idx.keys[2]] = b"(NIL)"
+    idx.save_snapshot()
+    whole_snap = (folder.path / SNAPSHOT).read_bytes()
+    whole_env = (folder.path / ENVELOPES).read_bytes()
+    ok = FolderIndex(folder.path, fsync=False)
+    assert ok._snap_stamp is not None and ok.load_envelopes()
+    assert ok.envelope_cache == {idx.keys[2]: b"(NIL)"}
+    for snap, env in ((b"", b""), (whole_snap[:-5], whole_env[:-5])):
+        (folder.path / SNAPSHOT).write_bytes(snap)
+        (folder.path / ENVELOPES).write_bytes(env)
+        bad = FolderIndex(folder.path, fsync=False)
+        assert bad._snap_stamp is None
+        bad.sync()
+        assert list(bad.uids) == list(idx.uids) and bad.keys == idx.keys
+        assert not bad.load_envelopes() and bad.envelope_cache == {}

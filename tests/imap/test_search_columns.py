@@ -134,7 +134,7 @@ def test_deleted_or_garbled_file_is_rebuilt(folder):
     folder_wide(idx, ("FROM", b"zed"))
     idx.save_snapshot()
     path = folder.path / SEARCH_FILE
-    for damage in (None, b"garbage", path.read_bytes()[:-7], b"\xe3\x01\x00\x00"):
+    for damage in (None, b"", b"garbage", path.read_bytes()[:-7], b"\xe3\x01\x00\x00"):
         if damage is None:
             path.unlink()
         else:
