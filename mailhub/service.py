@@ -84,6 +84,7 @@ def build_context(cfg: Config, reactor=None) -> ServerContext:
     directory = open_directory(data)
     events = MailboxEvents()
     store = MailStore(data / "mail", events=events)
+    store.enable_tmp_pool()
     portal, realm = build_portal(store, directory)
     cert, key, generated = certificate_paths(cfg)
     if generated:
@@ -203,7 +204,9 @@ class MailhubService(service.MultiService):
             (self.ctx.cfg.data_dir / "run" / "listeners.json").unlink()
         except OSError:
             pass
-        return super().stopService()
+        d = super().stopService()
+        self.ctx.store.close()  # pooled tmp/ files (store/tmppool.py)
+        return d
 
     def listener_ports(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}

@@ -39,6 +39,7 @@ class GroupCommitter:
         self._stopping = False
         self.batches = 0  # statistics, for tests and the benchmark
         self.committed = 0
+        self.after_batch: list = []  # callables run in the commit thread after each batch
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -75,6 +76,11 @@ class GroupCommitter:
             self.batches += 1
             for req in batch:
                 self._reactor.callFromThread(self._fire, req)
+            for hook in self.after_batch:
+                try:
+                    hook()
+                except Exception:  # noqa: BLE001 - a hook must never stop the committer
+                    pass
 
     @staticmethod
     def _fire(req: _Request) -> None:

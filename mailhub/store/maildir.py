@@ -7,9 +7,11 @@ are stored with CRLF line ends, so the file size is the RFC 822 size and POP3/IM
 file as it is; the file name carries it as ``,S=<size>``. Flags live in the name's ``:2,``
 info (D F P R S T, and a-z for keywords mapped per folder in ``mailhub-keywords``).
 
-Writing: MessageWriter fills a tmp/ file; ``commit`` hands it to the GroupCommitter which
-fsyncs it, renames it into new/ (or cur/ when flags are given) and fsyncs the directory. A
-crash before the rename leaves only a tmp/ file that nobody reads (swept after 36 h).
+Writing: MessageWriter fills a tmp/ file (in the server, one created ahead of time by the
+TmpPool's thread when there is one); ``commit`` hands it to the GroupCommitter which fsyncs
+it, renames it into new/ (or cur/ when flags are given) under a unique name taken at commit
+time, and fsyncs the directory. A crash before the rename leaves only a tmp/ file that
+nobody reads (swept after 36 h).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from mailhub.directory.addresses import normalize_address
 from mailhub.store.commit import GroupCommitter
 from mailhub.store.events import MailboxEvents
 from mailhub.store.interfaces import FolderError, IMailStore, StoreError
+from mailhub.store.tmppool import TmpPool
 
 SPECIAL_FOLDERS = {
     "Sent": "\\Sent",
@@ -100,12 +103,21 @@ class MessageWriter:
         self.folder = folder
         self.flags = "".join(sorted(set(flags)))
         self.mtime = mtime
-        self._tmpname = unique_name()
-        self.tmp_path = folder.path / "tmp" / self._tmpname
-        try:
-            self.file = open(self.tmp_path, "xb", buffering=65536)
-        except OSError as e:
-            raise StoreError(f"cannot create message file: {e.strerror}") from e
+        self._final_name: str | None = None
+        self.published = False
+        tmp_dir = folder.path / "tmp"
+        pool = folder.store.tmp_pool
+        pooled = pool.take(str(tmp_dir)) if pool is not None else None
+        if pooled is not None:  # created ahead of time by the pool's thread
+            self._tmpname, self.file = pooled
+            self.tmp_path = tmp_dir / self._tmpname
+        else:
+            self._tmpname = unique_name()
+            self.tmp_path = tmp_dir / self._tmpname
+            try:
+                self.file = open(self.tmp_path, "xb", buffering=65536)
+            except OSError as e:
+                raise StoreError(f"cannot create message file: {e.strerror}") from e
         self.size = 0
 
     def write(self, data: bytes) -> None:
@@ -117,6 +129,9 @@ class MessageWriter:
         self.size += len(data)
 
     def abort(self) -> None:
+        """Forget an unpublished message (its tmp/ file is removed); no-op once published."""
+        if self.published:
+            return
         try:
             if not self.file.closed:
                 self.file.close()
@@ -128,7 +143,12 @@ class MessageWriter:
             pass
 
     def final_path(self) -> Path:
-        key = f"{self._tmpname},S={self.size}"
+        """Where the commit puts the file. Its unique name is taken when first asked (at
+        commit), not from the tmp/ name: a pooled tmp/ file may have been created a while
+        before the message, and the name's time should be the delivery's."""
+        if self._final_name is None:
+            self._final_name = unique_name()
+        key = f"{self._final_name},S={self.size}"
         if self.flags:
             return self.folder.path / "cur" / f"{key}:2,{self.flags}"
         return self.folder.path / "new" / key
@@ -288,6 +308,20 @@ class MailStore:
         self.root = Path(root)
         self.events = events or MailboxEvents()
         self.committer = committer or GroupCommitter(fsync=fsync)
+        self.tmp_pool: TmpPool | None = None  # the server turns it on (enable_tmp_pool)
+
+    def enable_tmp_pool(self) -> TmpPool:
+        """Create tmp/ files ahead of time in a worker thread (see store/tmppool.py); the
+        server does this, one-shot tools (CLI, scripts) do not need it."""
+        if self.tmp_pool is None:
+            self.tmp_pool = TmpPool(unique_name)
+            self.committer.after_batch.append(self.tmp_pool.kick)
+        return self.tmp_pool
+
+    def close(self) -> None:
+        """Remove pooled tmp/ files (server shutdown)."""
+        if self.tmp_pool is not None:
+            self.tmp_pool.stop()
 
     # -- users -------------------------------------------------------------------------------
     def user_dir(self, address: str) -> Path:
@@ -316,6 +350,7 @@ class MailStore:
         base = self.user_dir(address)
         if not base.exists():
             return None
+        self._forget_pools(base)
         if purge:
             shutil.rmtree(base)
             return None
@@ -379,6 +414,7 @@ class MailStore:
         path = self._folder_path(address, canonical)
         if not path.is_dir():
             raise FolderError(f"no such folder: {name}")
+        self._forget_pools(path)
         shutil.rmtree(path)
         self.events.notify(normalize_address(address), canonical, "deleted")
 
@@ -408,10 +444,17 @@ class MailStore:
         parts = new_c.split(DELIMITER)
         for i in range(1, len(parts)):
             _make_maildir(self._folder_path(address, DELIMITER.join(parts[:i])))
+        self._forget_pools(src)
+        for child in children:
+            self._forget_pools(base / child)
         os.rename(src, dst)
         for child in children:
             os.rename(base / child, base / (dst.name + child[len(src.name):]))
         self.events.notify(normalize_address(address), old_c, "deleted")
+
+    def _forget_pools(self, path: Path) -> None:
+        if self.tmp_pool is not None:
+            self.tmp_pool.forget(str(path))
 
     # subscriptions (Dovecot-compatible "subscriptions" file, one name per line)
     def subscriptions(self, address: str) -> list[str]:
@@ -453,6 +496,7 @@ class MailStore:
         def published(paths):
             seen = set()
             for w in writers:
+                w.published = True
                 k = (w.folder.address, w.folder.name)
                 if k not in seen:
                     seen.add(k)
