@@ -9,10 +9,13 @@ import datetime as _dt
 import re
 
 from mailhub.imapserver import message as M
+from mailhub.imapserver.mailbox import read_header
 from mailhub.store.cache import FIELDS as CACHED_FIELDS
+from mailhub.store.cache import extract_fields
 
 _FIELD_RX: dict = {}
 _UNFOLD = re.compile(rb"\r?\n")
+FEW = 200  # rows computed from their files rather than by loading the header cache
 HEADER_KEYS = {"FROM": b"from", "TO": b"to", "CC": b"cc", "BCC": b"bcc", "SUBJECT": b"subject"}
 
 
@@ -197,15 +200,18 @@ def column_values(index, name: bytes, positions, read_env) -> list[str]:
     positions = list(positions)
     if not positions:
         return []
-    keys = index.keys
-    get = index.cache.get  # read_env per message costs more than the lookup itself
-    blobs = [get(keys[p]) or read_env(p) or b"" for p in positions]
+    if len(positions) <= FEW and not index.cache.loaded:
+        # a few new messages after a restart: their files beat loading the whole cache
+        blobs = [extract_fields(read_header(index, p) or b"") for p in positions]
+    else:
+        keys = index.keys
+        get = index.cache.get  # read_env per message costs more than the lookup itself
+        blobs = [get(keys[p]) or read_env(p) or b"" for p in positions]
     joined = b"\n\x00\n".join(blobs)
     odd = set()
     if joined.count(b"\x00") != len(blobs) - 1:
         odd = {i for i, b in enumerate(blobs) if b"\x00" in b}
         joined = b"\n\x00\n".join(b"" if i in odd else b for i, b in enumerate(blobs))
-    del blobs
     rows: list = [b""] * len(positions)
     seen = bytearray(len(positions))
     row = last = 0
@@ -227,7 +233,7 @@ def column_values(index, name: bytes, positions, read_env) -> list[str]:
     if b"=?" in joined:
         odd.update(i for i, r in enumerate(rows) if b"=?" in r)
     for i in odd:
-        vals[i] = field_values(index, positions[i], name, read_env).replace("\x00", "\n")
+        vals[i] = field_values(index, i, name, blobs.__getitem__).replace("\x00", "\n")
     return vals
 
 
