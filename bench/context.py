@@ -48,8 +48,10 @@ class Bench:
         d.chmod(0o755)
         return d
 
-    def alternate(self, runs):
-        return alternate(self.rounds, runs, log=self.log)
+    def alternate(self, runs, min_rounds: int = 0):
+        """A B A B ... for ``--rounds`` rounds, or ``min_rounds`` when that is more (cases
+        that take well under a second get more rounds: their medians are noisier)."""
+        return alternate(max(self.rounds, min_rounds), runs, log=self.log)
 
     def add(self, result: CaseResult) -> CaseResult:
         self.results.append(result)

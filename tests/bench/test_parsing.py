@@ -121,3 +121,17 @@ def test_dovecot_argon2id_field_has_mailhubs_parameters_and_verifies():
     phc = field[len("{ARGON2ID}"):]
     assert PasswordHasher().verify(phc, "pw-1")
     assert hash_for_dovecot("PLAIN", "pw-1") == "{PLAIN}pw-1"
+
+
+def test_alternate_takes_the_larger_of_rounds_and_min_rounds():
+    from bench.context import Bench
+    b = Bench(quick=True, rounds=3)
+    try:
+        calls = []
+        out = b.alternate([("a", lambda: calls.append("a") or 1.0),
+                           ("b", lambda: calls.append("b") or 2.0)], min_rounds=5)
+        assert calls == ["a", "b"] * 5 and out == {"a": [1.0] * 5, "b": [2.0] * 5}
+        out = b.alternate([("a", lambda: 1.0)])
+        assert out == {"a": [1.0] * 3}
+    finally:
+        b.cleanup()
