@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailhub.auth import AuthThrottle, build_portal
+from mailhub.runfile import listeners_path
 from mailhub.config import LISTENER_NAMES, Config
 from mailhub.directory import open_directory
 from mailhub.mda import DeliveryAgent
@@ -204,16 +205,16 @@ class MailhubService(service.MultiService):
 
     def _write_listeners(self) -> None:
         """Record the bound ports in <data_dir>/run/listeners.json (tests and tools use
-        ephemeral ports, "tcp:0", and read the real ones here)."""
-        run = self.ctx.cfg.data_dir / "run"
-        run.mkdir(parents=True, exist_ok=True)
-        tmp = run / "listeners.json.tmp"
+        ephemeral ports, "tcp:0", and read the real ones with ``read_listeners``)."""
+        path = listeners_path(self.ctx.cfg.data_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "listeners": self.listener_ports()}))
-        os.replace(tmp, run / "listeners.json")
+        os.replace(tmp, path)
 
     def stopService(self):
         try:
-            (self.ctx.cfg.data_dir / "run" / "listeners.json").unlink()
+            listeners_path(self.ctx.cfg.data_dir).unlink()
         except OSError:
             pass
         d = super().stopService()

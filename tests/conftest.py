@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from mailhub.runfile import listeners_path, read_listeners
+
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "mail-corpus"
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
@@ -93,9 +95,7 @@ class MailhubServer:
         self.log_path = env.root / "twistd.log"
 
     def start(self, timeout: float = 30.0) -> "MailhubServer":
-        run_file = self.env.data_dir / "run" / "listeners.json"
-        if run_file.exists():
-            run_file.unlink()
+        listeners_path(self.env.data_dir).unlink(missing_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [*TWISTD, "--nodaemon", "--pidfile=", "mailhub", "--config", str(self.env.config_path)],
@@ -105,15 +105,10 @@ class MailhubServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"mailhub exited with {self.proc.returncode}:\n{self.log()}")
-            if run_file.exists():
-                try:
-                    data = json.loads(run_file.read_text())
-                except ValueError:
-                    time.sleep(0.05)
-                    continue
-                if data.get("pid") == self.proc.pid:
-                    self.ports = data["listeners"]
-                    return self
+            ports = read_listeners(self.env.data_dir, self.proc.pid)
+            if ports is not None:
+                self.ports = ports
+                return self
             time.sleep(0.05)
         self.stop()
         raise AssertionError(f"mailhub did not start in {timeout}s:\n{self.log()}")

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from mailhub.runfile import listeners_path, read_listeners
+
 from bench import procs
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -86,9 +88,7 @@ class Mailhub:
         return base if folder == "INBOX" else base / ("." + folder)
 
     def start(self, timeout: float = 60.0, profile: Path | None = None) -> "Mailhub":
-        run_file = self.data_dir / "run" / "listeners.json"
-        if run_file.exists():
-            run_file.unlink()
+        listeners_path(self.data_dir).unlink(missing_ok=True)
         self._log = open(self.log_path, "ab")
         cmd = [*TWISTD, "--nodaemon", "--pidfile=", "mailhub", "--config", str(self.config_path)]
         self.profile_out = None
@@ -108,15 +108,10 @@ class Mailhub:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mailhub exited with {self.proc.returncode}:\n{self.log()}")
-            if run_file.exists():
-                try:
-                    data = json.loads(run_file.read_text())
-                except ValueError:
-                    time.sleep(0.05)
-                    continue
-                if data.get("pid") == self.server_pid():
-                    self.ports = data["listeners"]
-                    return self
+            ports = read_listeners(self.data_dir, self.server_pid())
+            if ports is not None:
+                self.ports = ports
+                return self
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"mailhub did not start in {timeout}s:\n{self.log()}")
