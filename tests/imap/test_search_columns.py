@@ -2,6 +2,7 @@
 imapserver.search.precompute), without a server: the folder-wide answer equals the
 per-message evaluation (RFC 3501 substring, case-insensitive, RFC 2047-decoded), and the
 ``mailhub-search`` file is rebuilt when deleted or garbled and realigned when stale."""
+import imaplib
 import os
 
 import pytest
@@ -11,6 +12,8 @@ from mailhub.imapserver.mailbox import envelope_fields
 from mailhub.store import MailStore
 from mailhub.store.cache import SEARCH_FILE
 from mailhub.store.index import UIDLIST, FolderIndex
+from tests.conftest import MailhubEnv, MailhubServer
+from tests.imap.conftest import ALICE, make_message
 
 ADDR = "erin@example.com"
 
@@ -209,3 +212,44 @@ def test_needle_with_newline_uses_the_per_message_path(folder):
     idx = fresh(folder)
     key = ("SUBJECT", b"a\nb")
     assert S.precompute(("AND", (key,)), idx, lambda p: envelope_fields(idx, p)) == ("AND", (key,))
+
+
+def test_server_writes_columns_at_shutdown_and_answers_from_them(tmp_path):
+    """Over IMAP with restarts: the columns are written at shutdown, serve the first SEARCH
+    after a restart, and come back when deleted; new mail after a restart is found."""
+    env = MailhubEnv(tmp_path, extra_toml="[imap]\nauth_failure_delay = 0.0\n")
+    env.data_dir.mkdir(parents=True, exist_ok=True)
+    env.add_user(*ALICE)
+    md = env.maildir("alice@example.com")
+    columns = md / SEARCH_FILE
+
+    def session(srv, *appends):
+        m = imaplib.IMAP4("127.0.0.1", srv.port("imap"))
+        m.login(*ALICE)
+        for subject, frm in appends:
+            m.append("INBOX", None, None, make_message(subject, frm=frm))
+        m.select("INBOX")
+        out = {q: m.uid("SEARCH", "FROM", q)[1][0].split() for q in ("carl", "DORA", "cache.example")}
+        m.logout()
+        return out
+
+    srv = MailhubServer(env).start()
+    try:
+        got = session(srv, ("one", "Carl <carl@cache.example>"), ("two", "Eve <eve@other.example>"))
+        assert got == {"carl": [b"1"], "DORA": [], "cache.example": [b"1"]}
+    finally:
+        srv.stop()
+    assert b"carl@cache.example" in columns.read_bytes()
+    for damage in ("new mail", "deleted"):
+        if damage == "deleted":
+            columns.unlink()
+        srv = MailhubServer(env).start()
+        try:
+            if damage == "new mail":
+                got = session(srv, ("three", "Dora <dora@cache.example>"))
+            else:
+                got = session(srv)
+            assert got == {"carl": [b"1"], "DORA": [b"3"], "cache.example": [b"1", b"3"]}
+        finally:
+            srv.stop()
+        assert b"dora@cache.example" in columns.read_bytes()
