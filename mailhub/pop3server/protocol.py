@@ -543,7 +543,12 @@ class POP3Server(Protocol, TimeoutMixin):
                                      b"session)\r\n" % (i + 1))
                 return
             try:
-                data = os.read(fd, SMALL_MESSAGE + 1)
+                # read the size the listing gave (+1 to see a file that grew): a read of
+                # SMALL_MESSAGE bytes costs a 256 KiB allocation per RETR
+                want = min(drop.sizes[i], SMALL_MESSAGE) + 1
+                data = os.read(fd, want)
+                if len(data) == want and want <= SMALL_MESSAGE:  # more than listed: read on
+                    data += os.read(fd, SMALL_MESSAGE + 1 - want)
                 if len(data) <= SMALL_MESSAGE:  # the whole file: send it in one write
                     if top is None:
                         drop.retrieved[i] = 1

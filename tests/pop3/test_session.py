@@ -418,3 +418,21 @@ def test_set_nodelay_plain_and_under_a_tls_wrapper():
             assert sk.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         finally:
             sk.close()
+
+
+def test_retr_sends_the_whole_file_when_the_name_understates_its_size(env):
+    """RETR reads the size the listing gave (+1): a file whose ,S= says less (another
+    program wrote it) is still sent whole, in one reply or streamed."""
+    small, big = make_message(1, 3000), make_message(2, 300 * 1024)
+    inbox = env.data_dir / "mail" / "pop.test" / "user"
+    (inbox / "cur" / "1795400000.M1P1Q1.other,S=10:2,").write_bytes(small)
+    (inbox / "cur" / "1795400001.M1P1Q2.other,S=100:2,").write_bytes(big)
+    s = env.connect()
+    assert s.login().startswith(b"+OK Logged in, 2 messages")
+    assert s.cmd(b"RETR 1") == b"+OK %d octets\r\n" % len(small) + small + b".\r\n"
+    out = s.cmd(b"RETR 2")
+    while not out.endswith(b"\r\n.\r\n"):
+        s.proto.resumeProducing()
+        env.clock.advance(0)
+        out += s.take()
+    assert out == b"+OK %d octets\r\n" % len(big) + big + b".\r\n"
