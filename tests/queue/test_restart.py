@@ -51,7 +51,9 @@ def test_sigkill_in_the_middle_of_a_busy_queue(tmp_path, fakenet):
     server = MailhubServer(env).start()
     fakenet.wait_received("mx-a", 30, timeout=30)
     server.kill()
-    during = len(fakenet.received("mx-a"))
+    before_kill = [m["data"].split("Subject: ")[1].split("\r\n")[0]
+                   for m in fakenet.received("mx-a")]
+    during = len(before_kill)
     assert during < n, "the queue drained before the kill; the test proves nothing"
     server = MailhubServer(env).start()
     try:
@@ -60,8 +62,14 @@ def test_sigkill_in_the_middle_of_a_busy_queue(tmp_path, fakenet):
         server.stop()
     subjects = [m["data"].split("Subject: ")[1].split("\r\n")[0] for m in fakenet.received("mx-a")]
     assert set(subjects) == {f"bulk{i:03d}" for i in range(n)}
-    # only messages in flight at the kill (at most one per connection) may arrive twice
-    assert len(subjects) - n <= 5
+    # Only messages the first run had sent can arrive twice: one in flight per connection
+    # at the kill, plus those whose removal from the queue (unlink + directory fsync,
+    # batched in a thread after the 250) was not yet durable. Five connections: a batch
+    # lagging behind is bounded by another five or so, far below a wholesale resend.
+    twice = [s for s in set(subjects) if subjects.count(s) > 1]
+    assert set(twice) <= set(before_kill) | set(subjects[during:during + 5])
+    assert all(subjects.count(s) == 2 for s in twice)
+    assert len(twice) <= 15, (len(twice), during)
 
 
 def test_sigterm_lets_transactions_finish_so_nothing_is_sent_twice(tmp_path, fakenet):
