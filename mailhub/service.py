@@ -13,6 +13,7 @@ import gc
 import importlib
 import json
 import os
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from mailhub.directory import open_directory
 from mailhub.mda import DeliveryAgent
 from mailhub.ownership import give_to_data_dir_owner
 from mailhub.store import MailboxEvents, MailStore
-from mailhub.tls import certificate_paths, server_context
+from mailhub.tls import ReloadingServerTLS, certificate_paths
 
 log = Logger(namespace="mailhub")
 
@@ -92,7 +93,7 @@ def build_context(cfg: Config, reactor=None) -> ServerContext:
     if generated:
         log.info("generated a self-signed TLS certificate at {cert} (set [tls] certificate and "
                  "private_key for a real one)", cert=str(cert))
-    tls_options = server_context(cert, key)
+    tls_options = ReloadingServerTLS(cert, key, log=log)
     ctx = ServerContext(
         cfg=cfg, reactor=reactor, directory=directory, store=store, events=events,
         portal=portal, realm=realm, mda=DeliveryAgent(store, directory),
@@ -196,12 +197,29 @@ class MailhubService(service.MultiService):
         self.ctx.reactor.callWhenRunning(freeze_startup_heap)
         # after reactor start-up, when twistd's signal handlers are installed
         self.ctx.reactor.callWhenRunning(self._write_listeners)
+        self.ctx.reactor.callWhenRunning(self._install_sighup)
         if not self.ctx.directory.list_users():
             log.info(
                 "mailhub is running with no users yet. Next: `mailhub domain add example.com` "
                 "and `mailhub user add you@example.com` (with --config {source} if you use one)",
                 source=self.ctx.cfg.source,
             )
+
+    def _install_sighup(self) -> None:
+        """SIGHUP (``systemctl reload``) re-reads the TLS certificate and key. Without a
+        handler SIGHUP would end the process. The configuration itself is read at start."""
+        if not hasattr(self.ctx.tls_options, "reload"):
+            return
+        try:
+            self._old_sighup = signal.signal(
+                signal.SIGHUP, lambda _sig, _frame: self.ctx.reactor.callFromThread(self._sighup))
+        except ValueError:  # not the main thread (embedded use): no handler
+            self._old_sighup = None
+
+    def _sighup(self) -> None:
+        log.info("SIGHUP: checking the TLS certificate and key for a renewal")
+        if not self.ctx.tls_options.reload():
+            log.info("TLS certificate unchanged (or not loadable): the current one stays in use")
 
     def _write_listeners(self) -> None:
         """Record the bound ports in <data_dir>/run/listeners.json (tests and tools use
@@ -219,6 +237,12 @@ class MailhubService(service.MultiService):
             pass
         d = super().stopService()
         self.ctx.store.close()  # pooled tmp/ files (store/tmppool.py)
+        old = getattr(self, "_old_sighup", None)
+        if old is not None:
+            try:
+                signal.signal(signal.SIGHUP, old)
+            except ValueError:
+                pass
         return d
 
     def listener_ports(self) -> dict[str, list[int]]:

@@ -1,5 +1,6 @@
 """TLS: the server certificate (configured, or self-signed generated in the data dir) and the
-pyOpenSSL context every TLS listener and STARTTLS uses (TLS 1.2 minimum)."""
+pyOpenSSL context every TLS listener and STARTTLS uses (TLS 1.2 minimum), re-read without a
+restart when the files change or on SIGHUP (``ReloadingServerTLS``)."""
 from __future__ import annotations
 
 import datetime
@@ -79,11 +80,77 @@ def server_context(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
     leaf = ssl.Certificate.loadPEM(chain[0].public_bytes(serialization.Encoding.PEM))
     extra = [crypto.X509.from_cryptography(c) for c in chain[1:]]
     try:
-        return ssl.CertificateOptions(
+        options = ssl.CertificateOptions(
             privateKey=priv.original,
             certificate=leaf.original,
             extraCertChain=extra or None,
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
+        options.getContext()  # builds the context: this is where a key/cert mismatch shows
+        return options
     except Exception as e:
         raise ConfigError(f"tls: certificate {cert_path} and key {key_path} do not match: {e}") from None
+
+
+class ReloadingServerTLS:
+    """The server's TLS context factory, re-read when the certificate or key files change.
+
+    Every listener and STARTTLS gets this object; Twisted asks it for a context
+    (``getContext``) for each new TLS connection. At most every ``check_interval`` seconds
+    that call compares the files' (inode, size, mtime) with those loaded, and a change loads
+    the pair again: a certificate renewed by certbot or an ACME client is in use within a
+    minute, without a restart. ``reload()`` checks at once (the server calls it on SIGHUP,
+    i.e. ``systemctl reload mailhub``). A pair that does not load (half-written, key and
+    certificate not matching yet) is logged and the current one stays in use; the next
+    change of the files is tried again. Connections already open keep their session.
+    """
+
+    def __init__(self, cert_path: Path, key_path: Path, check_interval: float = 60.0,
+                 clock=None, log=None):
+        import time as _time
+        self.cert_path, self.key_path = Path(cert_path), Path(key_path)
+        self.check_interval = check_interval
+        self._clock = clock or _time.monotonic
+        self._log = log
+        self._options = server_context(self.cert_path, self.key_path)  # ConfigError at start
+        self._stamp = self._stamps()
+        self._tried = self._stamp
+        self._checked = self._clock()
+        self.reloads = 0
+
+    def _stamps(self):
+        out = []
+        for p in (self.cert_path, self.key_path):
+            try:
+                st = os.stat(p)
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def getContext(self):
+        now = self._clock()
+        if now - self._checked >= self.check_interval:
+            self._checked = now
+            self.reload()
+        return self._options.getContext()
+
+    def reload(self) -> bool:
+        """Load the files again if they changed since the last attempt; True if a new pair
+        is now in use."""
+        stamp = self._stamps()
+        if stamp == self._stamp or stamp == self._tried:
+            return False
+        self._tried = stamp
+        try:
+            options = server_context(self.cert_path, self.key_path)
+        except ConfigError as e:
+            if self._log is not None:
+                self._log.error("TLS certificate not reloaded, the current one stays in use: "
+                                "{error}", error=str(e))
+            return False
+        self._options, self._stamp = options, stamp
+        self.reloads += 1
+        if self._log is not None:
+            self._log.info("TLS certificate reloaded from {cert}", cert=str(self.cert_path))
+        return True
