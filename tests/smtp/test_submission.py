@@ -104,17 +104,17 @@ def test_swaks_submission_starttls_auth_and_mx_pipelining(smtp_server, smtp_env)
               "--auth", "PLAIN", "--auth-user", "alice@example.com", "--auth-password",
               "alice-pw", "--from", "alice@example.com", "--to", "bob@example.com",
               "--header", "Subject: swaks submission")
-    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.returncode == 0, p.stdout + p.stderr + smtp_server.log()[-4000:]
     assert "250 2.0.0 Ok: queued as" in p.stdout
     p = swaks("--server", f"127.0.0.1:{smtp_server.port('submissions')}", "--tls-on-connect",
               "--auth", "LOGIN", "--auth-user", "bob@example.com", "--auth-password",
               "bob-pw", "--from", "bob@example.com", "--to", "alice@example.com",
               "--header", "Subject: swaks submissions")
-    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.returncode == 0, p.stdout + p.stderr + smtp_server.log()[-4000:]
     p = swaks("--server", f"127.0.0.1:{smtp_server.port('mx')}", "--pipeline",
               "--from", "someone@remote.example", "--to", "info@example.com",
               "--header", "Subject: swaks mx")
-    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.returncode == 0, p.stdout + p.stderr + smtp_server.log()[-4000:]
     p = swaks("--server", f"127.0.0.1:{smtp_server.port('mx')}", "--quit-after", "RCPT",
               "--from", "someone@remote.example", "--to", "victim@elsewhere.example")
     assert p.returncode != 0 and "554 5.7.1 Relay access denied" in p.stdout
