@@ -193,6 +193,7 @@ class MailhubService(service.MultiService):
         give_to_data_dir_owner(data, data / "mail", recursive=False)
 
     def startService(self):
+        self._warm_up_auth()
         super().startService()
         self.ctx.reactor.callWhenRunning(freeze_startup_heap)
         # after reactor start-up, when twistd's signal handlers are installed
@@ -204,6 +205,14 @@ class MailhubService(service.MultiService):
                 "and `mailhub user add you@example.com` (with --config {source} if you use one)",
                 source=self.ctx.cfg.source,
             )
+
+    def _warm_up_auth(self) -> None:
+        """One Argon2 run per checker thread at start, waited for (~30 ms; auth/portal.py
+        ``warm_up``): the first logins after a restart then cost what later ones do."""
+        for checker in self.ctx.portal.checkers.values():
+            warm = getattr(checker, "warm_up", None)
+            if warm is not None:
+                warm()
 
     def _install_sighup(self) -> None:
         """SIGHUP (``systemctl reload``) re-reads the TLS certificate and key. Without a
