@@ -52,6 +52,7 @@ class TmpPool:
         self._wake = threading.Condition(self._lock)
         self._wanted: set[str] = set()
         self._drops: list[_FolderPool] = []   # pools to empty, outside the lock
+        self._filling: str | None = None       # the tmp/ dir a file is being created in
         self._thread: threading.Thread | None = None
         self._stopped = False
         self.hits = 0      # statistics, for tests and the benchmark notes
@@ -108,6 +109,10 @@ class TmpPool:
             for tmp_dir in [d for d in self._pools if (d + "/").startswith(prefix)]:
                 dropped.append(self._pools.pop(tmp_dir))
                 self._wanted.discard(tmp_dir)
+            # a create under way in one of them finishes (and is discarded) before the
+            # caller deletes or renames the folder
+            while self._filling is not None and (self._filling + "/").startswith(prefix):
+                self._wake.wait(1.0)
         for pool in dropped:
             _close_all(pool)
 
@@ -162,18 +167,24 @@ class TmpPool:
                 pool = self._pools.get(tmp_dir)
                 if pool is None or self._stopped or len(pool.files) >= pool.target:
                     return
+                self._filling = tmp_dir  # forget() waits for this create to finish
             name = self._new_name()
             try:
-                f = open(os.path.join(tmp_dir, name), "xb", buffering=65536)
-            except OSError:
-                return  # folder gone or disk trouble: takes fall back to an inline create
-            with self._lock:
-                pool = self._pools.get(tmp_dir)
-                if pool is not None and not self._stopped:
-                    pool.files.append((name, f))
-                    continue
-            _discard(tmp_dir, (name, f))
-            return
+                try:
+                    f = open(os.path.join(tmp_dir, name), "xb", buffering=65536)
+                except OSError:
+                    return  # folder gone or disk trouble: takes fall back to an inline create
+                with self._lock:
+                    pool = self._pools.get(tmp_dir)
+                    if pool is not None and not self._stopped:
+                        pool.files.append((name, f))
+                        continue
+                _discard(tmp_dir, (name, f))
+                return
+            finally:
+                with self._lock:
+                    self._filling = None
+                    self._wake.notify_all()
 
     def _expire_locked(self) -> None:
         now = time.monotonic()

@@ -134,3 +134,18 @@ def test_commit_failure_with_a_pooled_file_leaves_nothing_visible(store):
         os.rename(tmp.parent / "new.gone", tmp.parent / "new")
     assert store.folder("alice@example.com").scan() == []
     assert not w.tmp_path.exists()
+
+
+def test_delete_and_rename_never_race_a_create_in_progress(store):
+    """A folder deleted or renamed just as the pool thread creates a file in its tmp/:
+    rmtree must not fail ("directory not empty") and no file may be left in the renamed one."""
+    for i in range(40):
+        store.create_folder("alice@example.com", "Busy")
+        store.new_message("alice@example.com", "Busy").abort()  # a miss: a refill starts now
+        if i % 2:
+            store.delete_folder("alice@example.com", "Busy")
+        else:
+            store.rename_folder("alice@example.com", "Busy", "Moved")
+            assert os.listdir(tmp_of(store, "Moved")) == []
+            store.delete_folder("alice@example.com", "Moved")
+    assert "Busy" not in store.list_folders("alice@example.com")
