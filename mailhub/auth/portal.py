@@ -1,7 +1,7 @@
 """The shared twisted.cred Portal: DirectoryChecker (Argon2id via the directory) + MailRealm.
 
-The checker verifies passwords on its own threads, one per core, whose Argon2 memory stays
-warm between runs and is warmed at server start (Argon2 is deliberately slow); it keeps a small
+The checker verifies passwords on its own threads, one per core, started and exercised once
+at server start (Argon2 is deliberately slow); it keeps a small
 cache of recent successful verifications keyed on a salted digest of the password and the
 stored hash, as Dovecot's auth cache does, so a client opening five connections costs one
 Argon2 run. A password change replaces the stored hash, which invalidates the cache entry.
@@ -30,20 +30,14 @@ from mailhub.directory.interfaces import IDirectory
 from mailhub.directory.passwords import hash_password, verify_password
 
 _MALLOC_DONE = False
-ARGON2_BLOCK_LIMIT = 32 * 1024 * 1024  # above Argon2's 19 MiB
 
 
-def keep_argon2_memory_warm() -> None:
-    """Let each Argon2 thread keep its 19 MiB block for the next run.
-
-    glibc serves a block above M_MMAP_THRESHOLD with mmap and unmaps it on free, so every
-    Argon2 run would fault in 19 MiB of fresh pages (~10 ms of a ~26 ms verification here).
-    A fixed threshold and trim threshold of 32 MiB keep the block in the thread's arena
-    instead; since Argon2 runs only on the checker's own ``cpu_count`` threads, what stays
-    resident is bounded: one block per core (about 19 MiB each), reused by every later
-    login. Blocks above 32 MiB are still mapped and returned on free. The fixed values also
-    turn off glibc's dynamic threshold, which grew with every large free and left memory
-    behind in arbitrary threads."""
+def return_big_allocations_to_the_system() -> None:
+    """Make glibc serve large blocks (over 1 MiB) with mmap every time, so they go back to
+    the system when freed. Without this glibc's dynamic threshold grows with every large
+    free and soon serves such blocks from per-thread heaps that keep the memory, in a
+    process that must hold 10,000 IDLE clients in little memory. (Argon2's 19 MiB comes from
+    libsodium's own mmap and is returned after each run anyway.)"""
     global _MALLOC_DONE
     if _MALLOC_DONE:
         return
@@ -52,9 +46,8 @@ def keep_argon2_memory_warm() -> None:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        libc.mallopt(M_MMAP_THRESHOLD, ARGON2_BLOCK_LIMIT)
-        libc.mallopt(M_TRIM_THRESHOLD, ARGON2_BLOCK_LIMIT)
+        M_MMAP_THRESHOLD = -3
+        libc.mallopt(M_MMAP_THRESHOLD, 1024 * 1024)  # fixed: disables the dynamic threshold
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
 
@@ -89,7 +82,7 @@ class DirectoryChecker:
         self._inflight: dict[bytes, list[defer.Deferred]] = {}
         # Argon2 costs 19 MiB and a core per run: it runs on this checker's own threads, one
         # per core (a burst of logins queues instead of multiplying memory and starving the
-        # reactor thread), each keeping its block warm (keep_argon2_memory_warm)
+        # reactor thread)
         self.argon2_threads = max(1, os.cpu_count() or 1)
         self._pool: ThreadPool | None = None
 
@@ -109,7 +102,7 @@ class DirectoryChecker:
     def warm_up(self, timeout: float = 10.0) -> None:
         """Run Argon2 once on each of the checker's threads and wait for them (called at
         server start, before the reactor serves anyone), so the first logins after a
-        restart do not pay for creating the threads and faulting in their memory, nor wait
+        restart do not pay for starting the threads and libsodium's first run, nor wait
         behind the warm-up. Never fails; gives up waiting after ``timeout``."""
         if not self.threaded:
             return
@@ -217,7 +210,7 @@ class MailRealm:
 
 
 def build_portal(store: Any, directory: IDirectory, threaded: bool = True) -> tuple[Portal, MailRealm]:
-    keep_argon2_memory_warm()
+    return_big_allocations_to_the_system()
     realm = MailRealm(store, directory)
     portal = Portal(realm, [DirectoryChecker(directory, threaded=threaded)])
     return portal, realm

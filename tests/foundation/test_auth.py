@@ -1,5 +1,5 @@
 """The shared checker: Argon2 off the reactor thread, identical concurrent logins share one
-run, Argon2's memory is bounded (one reused block per checker thread), wrong passwords fail."""
+run, a burst of logins does not leave Argon2's memory behind, wrong passwords fail."""
 import json
 import subprocess
 import sys
@@ -47,7 +47,7 @@ def main():
         out["wrong"] = "accepted"
     except UnauthorizedLogin:
         out["wrong"] = "refused"
-    # 3. bursts of distinct logins: Argon2's memory is one block per checker thread, reused
+    # 3. bursts of distinct logins: memory comes back
     checker = p.checkers[list(p.checkers)[0]]
     out["threads"] = checker.argon2_threads
     base = rss_mb()
@@ -75,7 +75,7 @@ print(json.dumps(out))
 """
 
 
-def test_checker_shares_runs_and_bounds_memory(tmp_path):
+def test_checker_shares_runs_and_returns_memory(tmp_path):
     r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True,
                        text=True, env=subprocess_env(), timeout=120)
     assert r.returncode == 0, r.stderr
@@ -85,9 +85,9 @@ def test_checker_shares_runs_and_bounds_memory(tmp_path):
     assert out["same_runs"] == 1
     assert out["wrong"] == "refused"
     assert out["runs_total"] == 1 + 1 + 21
-    # each of the checker's threads (one per core) keeps one ~19 MiB block, never more:
-    # seven logins at once do not leave seven blocks, and later bursts reuse them
-    assert out["rss_growth_mb"] < out["threads"] * 21 + 5, out
+    # Argon2's 19 MiB per run goes back to the system: seven logins at once, three times,
+    # leave neither seven blocks nor a growing heap behind
+    assert out["rss_growth_mb"] < 25, out
     assert out["rss_growth_later_mb"] < 5, out
     assert out["warm_up_verifications"] == 0
     assert 0.005 < out["warm_up_s"] < 5, out  # it did run Argon2, and waited for it
