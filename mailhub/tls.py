@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 from pathlib import Path
 
 from cryptography import x509
@@ -86,7 +87,9 @@ def server_context(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
             extraCertChain=extra or None,
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
-        options.getContext()  # builds the context: this is where a key/cert mismatch shows
+        with warnings.catch_warnings():  # Twisted hands pyOpenSSL objects to pyOpenSSL
+            warnings.simplefilter("ignore", DeprecationWarning)
+            options.getContext()  # builds the context: this is where a key/cert mismatch shows
         return options
     except Exception as e:
         raise ConfigError(f"tls: certificate {cert_path} and key {key_path} do not match: {e}") from None
