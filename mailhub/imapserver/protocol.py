@@ -34,6 +34,7 @@ from mailhub.imapserver.mailbox import (BadSequence, SelectedMailbox, envelope_f
                                         flags_bytes, read_all, read_header)
 from mailhub.imapserver.parser import ParseError, command_name, parse_command, parse_tag
 from mailhub.imapserver.response import literal, ordered_set_text, quote_string, seqset_text
+from mailhub.netio import write_now
 from mailhub.store.interfaces import FolderError, StoreError
 from mailhub.store.maildir import DELIMITER, SPECIAL_FOLDERS
 
@@ -117,6 +118,7 @@ class IMAPServerProtocol(Protocol):
                                     max_command=settings.append_limit + 1024 * 1024)
         self._queue: deque = deque()
         self._out: list[bytes] = []
+        self._after_send: list = []  # log lines written once the reply is sent (_flush)
         self._busy = False
         self._paused = False
         self._resume = None
@@ -143,11 +145,12 @@ class IMAPServerProtocol(Protocol):
             except Exception:
                 pass
         t.registerProducer(self, True)
-        log.info("imap connect from {peer}{tls}", peer=self.peer, tls=" (TLS)" if self.tls else "")
         self._write(b"* OK [CAPABILITY " + self.capabilities() + b"] " +
                     self.settings.hostname.encode() + b" mailhub IMAP ready\r\n")
         self._flush()
         self._reset_timer()
+        # logged after the greeting is sent: the client does not wait for the log write
+        log.info("imap connect from {peer}{tls}", peer=self.peer, tls=" (TLS)" if self.tls else "")
 
     def connectionLost(self, reason=None):
         self.state = LOGOUT
@@ -217,7 +220,11 @@ class IMAPServerProtocol(Protocol):
             data = b"".join(self._out)
             self._out = []
             if self.transport is not None:
-                self.transport.write(data)
+                write_now(self.transport, data)
+        if self._after_send:
+            after, self._after_send = self._after_send, []
+            for f in after:
+                f()
 
     # -- input -------------------------------------------------------------------------
     def _literal_limit(self, first_line: bytes) -> int:
@@ -502,7 +509,8 @@ class IMAPServerProtocol(Protocol):
             self.state = AUTH
             if throttle is not None:
                 throttle.success(self.peer, login)
-            log.info("imap login {user} from {peer}", user=avatar.address, peer=self.peer)
+            self._after_send.append(lambda: log.info("imap login {user} from {peer}",
+                                                     user=avatar.address, peer=self.peer))
             return ("OK", f"[CAPABILITY {self.capabilities().decode()}] Logged in")
 
         def failed(f):

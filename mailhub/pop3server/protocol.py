@@ -113,9 +113,10 @@ class POP3Server(Protocol, TimeoutMixin):
         # pauses us (no more commands read, no more message chunks written)
         self.transport.registerProducer(self, True)
         self.setTimeout(self.factory.idle_timeout or None)
+        self._write(b"+OK %s POP3 server ready\r\n" % self.factory.hostname.encode())
+        # logged after the greeting is sent: the client does not wait for the log write
         log.info("pop3 connect from {peer} on {listener}", peer=self.peer,
                  listener=self.factory.listener)
-        self._write(b"+OK %s POP3 server ready\r\n" % self.factory.hostname.encode())
 
     def connectionLost(self, reason=None):
         self.closing = True
