@@ -1,7 +1,7 @@
 """A minimal IMAP client that reads responses exactly (literals included) and parses nothing
 else: the cost of the client stays the same, and small, for both servers.
 
-``read_response(read_line, read_exact, tag)`` is sans-IO over two callables, so the sync
+``split_response(data, tag)`` is sans-IO (bytes in, the split response out), so the sync
 (socket) and asyncio clients share it and tests feed it bytes.
 """
 from __future__ import annotations
@@ -11,11 +11,40 @@ import re
 import socket
 import time
 
-_LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n$")
+_LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n")  # a line ending in a literal marker
 
 
 class IMAPError(Exception):
     pass
+
+
+def _line_start(data: bytes, needle: bytes, start: int, end: int) -> int:
+    """Offset of the first line in ``data[start:end]`` (``start`` begins a line) that starts
+    with ``needle``, or -1."""
+    i = data.find(needle, start, end)
+    while i >= 0:
+        if i == start or (i >= start + 2 and data[i - 2:i] == b"\r\n"):
+            return i
+        i = data.find(needle, i + 1, end)
+    return -1
+
+
+def _terminator(data: bytes, start: int, end: int, lead: bytes) -> int:
+    """Offset of the first line in ``data[start:end]`` that ends a response: the tagged status
+    (``lead`` = tag + space) or a continuation request (``+``); -1 if none."""
+    found = [i for i in (_line_start(data, lead, start, end), _line_start(data, b"+", start, end))
+             if i >= 0]
+    return min(found) if found else -1
+
+
+def _lines(data: bytes, start: int, end: int) -> list[bytes]:
+    """The CRLF-terminated lines of ``data[start:end]`` (which ends with CRLF), CRLF kept."""
+    if start >= end:
+        return []
+    out = data[start:end].splitlines(keepends=True)  # cut in C; also at a bare CR or LF,
+    if len(out) == data.count(b"\r\n", start, end):  # which IMAP text never has: check
+        return out
+    return list(map(b"%s\r\n".__mod__, data[start:end - 2].split(b"\r\n")))
 
 
 def split_response(data: bytes, tag: bytes) -> tuple[list[bytes], bytes, int] | None:
@@ -23,34 +52,54 @@ def split_response(data: bytes, tag: bytes) -> tuple[list[bytes], bytes, int] | 
 
     Returns (untagged lines with literals inlined, tagged status line, bytes consumed) or
     None if more data is needed. Continuation requests (``+ ...``) end a response too (the
-    status line is then the ``+`` line).
+    status line is then the ``+`` line). The lines between literals are cut and searched by
+    bytes methods, not one by one in Python: 50,000 FETCH lines take a few ms, so the client's
+    share of a timed command stays small.
     """
-    pos = 0
+    lead = tag + b" "
+    n = len(data)
     lines: list[bytes] = []
-    cur = b""
+    pos = 0
+    cur = b""  # a line continued after a literal
     while True:
-        eol = data.find(b"\r\n", pos)
+        m = _LITERAL.search(data, pos)
+        stop = m.end() if m else n
+        eol = data.find(b"\r\n", pos, stop)
         if eol < 0:
             return None
-        line = data[pos:eol + 2]
-        pos = eol + 2
-        m = _LITERAL.search(line)
-        if m:
-            n = int(m.group(1))
-            if len(data) - pos < n:
+        if m is not None and eol + 2 == stop:  # this line ends with the literal's marker
+            size = int(m.group(1))
+            if n - stop < size:
                 return None
-            cur += line + data[pos:pos + n]
-            pos += n
+            cur += data[pos:stop + size]
+            pos = stop + size
             continue
-        cur += line
-        if cur.startswith(tag + b" "):
-            return lines, cur, pos
-        if cur.startswith(b"+") and not lines and tag != b"*":
-            return lines, cur, pos
-        if cur.startswith(b"+"):
-            return lines, cur, pos
-        lines.append(cur)
+        first = cur + data[pos:eol + 2]
         cur = b""
+        if first.startswith(lead) or first.startswith(b"+"):
+            return lines, first, eol + 2
+        lines.append(first)
+        pos = eol + 2
+        # the whole lines that follow, up to the line holding the next literal marker
+        k = data.rfind(b"\r\n", pos, m.start() if m else n)
+        full_end = k + 2 if k >= 0 else pos
+        t = _terminator(data, pos, full_end, lead)
+        if t >= 0:
+            e = data.find(b"\r\n", t) + 2
+            lines.extend(_lines(data, pos, t))
+            return lines, data[t:e], e
+        lines.extend(_lines(data, pos, full_end))
+        pos = full_end
+        if m is None:
+            return None
+
+
+def response_may_be_complete(buf: bytes, tag: bytes) -> bool:
+    """Cheap test before ``split_response``: the buffer ends a line and holds a line starting
+    with the tag or ``+`` (a big response arrives in many reads; only the last is parsed)."""
+    lead = tag + b" "
+    return buf.endswith(b"\r\n") and (
+        buf.startswith(lead) or buf.startswith(b"+") or b"\r\n" + lead in buf or b"\r\n+" in buf)
 
 
 class SyncIMAP:
@@ -96,7 +145,7 @@ class SyncIMAP:
     def _read(self, tag: bytes) -> tuple[list[bytes], bytes]:
         # scan only once enough data may be there: cheap for big FETCH responses
         while True:
-            if self.buf.endswith(b"\r\n"):
+            if response_may_be_complete(self.buf, tag):
                 r = split_response(self.buf, tag)
                 if r is not None:
                     lines, status, used = r
@@ -137,7 +186,7 @@ class AsyncIMAP:
 
     async def _read(self, tag: bytes) -> tuple[list[bytes], bytes]:
         while True:
-            if self.buf.endswith(b"\r\n"):
+            if response_may_be_complete(self.buf, tag):
                 r = split_response(self.buf, tag)
                 if r is not None:
                     lines, status, used = r

@@ -135,3 +135,51 @@ def test_alternate_takes_the_larger_of_rounds_and_min_rounds():
         assert out == {"a": [1.0] * 3}
     finally:
         b.cleanup()
+
+
+def _split_line_by_line(data: bytes, tag: bytes):
+    """Reference: the plain per-line reading split_response must agree with."""
+    import re
+    lit = re.compile(rb"\{(\d+)\+?\}\r\n$")
+    pos, lines, cur = 0, [], b""
+    while True:
+        eol = data.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        line = data[pos:eol + 2]
+        pos = eol + 2
+        m = lit.search(line)
+        if m:
+            n = int(m.group(1))
+            if len(data) - pos < n:
+                return None
+            cur += line + data[pos:pos + n]
+            pos += n
+            continue
+        cur += line
+        if cur.startswith(tag + b" ") or cur.startswith(b"+"):
+            return lines, cur, pos
+        lines.append(cur)
+        cur = b""
+
+
+def test_split_response_agrees_with_line_by_line_reading():
+    import random
+    rnd = random.Random(7)
+    pieces = [b"* 1 EXISTS\r\n", b"* OK [UIDNEXT 5] x\r\n", b"* 3 FETCH (FLAGS (\\Seen))\r\n",
+              b"A1 OK inside? no\r\n", b"* SEARCH 1 2 3\r\n", b"+ go ahead\r\n",
+              b"A10 OK other tag\r\n", b"* OK bare\nLF and\rCR\r\n", b"* 2 FETCH (BODY[] {%d}\r\n"]
+    literal_bodies = [b"", b"A1 OK fake\r\n", b"line\nbare LF\r", b"{3}\r\nabc", b"+ plus\r\n",
+                      b"x" * 50]
+    for _ in range(3000):
+        parts = []
+        for _ in range(rnd.randint(0, 8)):
+            p = rnd.choice(pieces)
+            if b"%d" in p:
+                body = rnd.choice(literal_bodies)
+                p = p % len(body) + body + b")\r\n"
+            parts.append(p)
+        parts.append(rnd.choice([b"A1 OK done\r\n", b"A1 NO [x] no\r\n", b"+ idling\r\n", b""]))
+        data = b"".join(parts) + rnd.choice([b"", b"A2 next", b"* 9 EXISTS\r\n"])
+        for cut in {len(data), rnd.randint(0, len(data))}:
+            assert split_response(data[:cut], b"A1") == _split_line_by_line(data[:cut], b"A1"), data[:cut]
