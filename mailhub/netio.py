@@ -1,12 +1,13 @@
-"""Sending small replies at once on a plain TCP transport (shared by the SMTP, POP3 and IMAP servers).
+"""Sending small replies at once on a plain TCP transport (shared by the SMTP, POP3 and IMAP
+servers).
 
 Twisted's ``transport.write()`` always buffers and sends on the reactor's next turn, which
 costs an ``epoll_ctl`` pair (start/stop writing) and a loop iteration per reply. A
-request/response client (smtp-source, poplib, fetchmail, an IMAP client) waits on every reply, so that round
-is pure latency. ``write_now`` sends directly when nothing is queued in the transport, and
-hands only what the socket did not take to ``write()``, which keeps the byte order, the
-transport's producer/back-pressure logic and its error handling. TLS transports and
-anything that is not Twisted's TCP server transport use ``write()`` unchanged.
+request/response client (smtp-source, poplib, fetchmail, an IMAP client) waits on every
+reply, so that round is pure latency. ``write_now`` sends directly when nothing is queued in
+the transport, and hands only what the socket did not take to ``write()``, which keeps the
+byte order, the transport's producer/back-pressure logic and its error handling. TLS
+transports and anything that is not Twisted's TCP server transport use ``write()`` unchanged.
 """
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -110,10 +111,9 @@ class ReloadingServerTLS:
 
     def __init__(self, cert_path: Path, key_path: Path, check_interval: float = 60.0,
                  clock=None, log=None):
-        import time as _time
         self.cert_path, self.key_path = Path(cert_path), Path(key_path)
         self.check_interval = check_interval
-        self._clock = clock or _time.monotonic
+        self._clock = clock or time.monotonic
         self._log = log
         self._options = server_context(self.cert_path, self.key_path)  # ConfigError at start
         self._stamp = self._stamps()

@@ -86,8 +86,8 @@ def pick_scheme(available: list[str]) -> str:
 
 def hash_for_dovecot(scheme: str, password: str) -> str:
     """The passwd-file password field: ``{ARGON2ID}`` + the PHC string from mailhub's own
-    hasher (libsodium via PyNaCl, mailhub's parameters), so both servers run the same Argon2id cost per
-    verification; other schemes through ``doveadm pw``."""
+    hasher (libsodium via PyNaCl, mailhub's parameters), so both servers run the same Argon2id
+    cost per verification; other schemes through ``doveadm pw``."""
     if scheme == "ARGON2ID":
         from mailhub.directory.passwords import hash_password
         return "{ARGON2ID}" + hash_password(password)

@@ -134,10 +134,11 @@ def run(b: Bench) -> None:
         # a round restarts both servers and takes ~2 s; its cases last 1-40 ms, so 7 rounds
         # at least (the first round also carries the first SEARCH of each server)
         rounds = max(b.rounds, 7)
+        systems = (("mailhub", lambda: mh.port("imap"), restart_mh),
+                   ("dovecot", lambda: dc.imap_port, restart_dc))
         try:
             for r in range(rounds):
-                for system, port_fn, restart in (("mailhub", lambda: mh.port("imap"), restart_mh),
-                                                 ("dovecot", lambda: dc.imap_port, restart_dc)):
+                for system, port_fn, restart in systems:
                     sampler = mm if system == "mailhub" else dm
                     ops = big_ops_sampled(port_fn, restart, sampler)
                     for op, v in ops.items():
@@ -153,8 +154,7 @@ def run(b: Bench) -> None:
             cold = "LOGIN+SELECT cold (after restart)"
             extra = 0 if b.quick else max(0, COLD_SAMPLES - rounds)
             for r in range(extra):
-                for system, port_fn, restart in (("mailhub", lambda: mh.port("imap"), restart_mh),
-                                                 ("dovecot", lambda: dc.imap_port, restart_dc)):
+                for system, port_fn, restart in systems:
                     restart()
                     v = login_select(port_fn())
                     per_op[cold][system].append(v)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import threading
 import time
 from typing import Any, Callable
 
@@ -106,7 +107,6 @@ class DirectoryChecker:
         behind the warm-up. Never fails; gives up waiting after ``timeout``."""
         if not self.threaded:
             return
-        import threading
         secret = os.urandom(16).hex()
         pool = self._argon2_pool()
         done = [threading.Event() for _ in range(self.argon2_threads)]
