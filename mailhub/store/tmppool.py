@@ -111,8 +111,7 @@ class TmpPool:
                 self._wanted.discard(tmp_dir)
             # a create under way in one of them finishes (and is discarded) before the
             # caller deletes or renames the folder
-            while self._filling is not None and (self._filling + "/").startswith(prefix):
-                self._wake.wait(1.0)
+            self._wait_for_create_locked(prefix)
         for pool in dropped:
             _close_all(pool)
 
@@ -125,8 +124,15 @@ class TmpPool:
             self._drops = []
             self._wanted.clear()
             self._wake.notify()
+            # a create under way is discarded (the pool is stopped) before this returns
+            self._wait_for_create_locked("/")
         for pool in pools:
             _close_all(pool)
+
+    def _wait_for_create_locked(self, prefix: str) -> None:
+        """Wait (lock held) until the worker is not creating a file under ``prefix``."""
+        while self._filling is not None and (self._filling + "/").startswith(prefix):
+            self._wake.wait(1.0)
 
     def pooled(self, tmp_dir: str) -> int:
         with self._lock:
@@ -167,7 +173,7 @@ class TmpPool:
                 pool = self._pools.get(tmp_dir)
                 if pool is None or self._stopped or len(pool.files) >= pool.target:
                     return
-                self._filling = tmp_dir  # forget() waits for this create to finish
+                self._filling = tmp_dir  # forget() and stop() wait for this create
             name = self._new_name()
             try:
                 try:
